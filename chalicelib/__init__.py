@@ -1,0 +1,1 @@
+"""OpenDevelop's shared core: everything the API, the admin command line and the dispatcher share."""

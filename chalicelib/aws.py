@@ -1,0 +1,137 @@
+"""boto3 clients, the per-server SQS queues and the S3 file store.
+
+Clients are made once per process and reused (they are thread-safe); every
+transport failure leaves this module as ``Unavailable`` so callers see one
+kind of infrastructure fault.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalicelib.errors import Unavailable
+from chalicelib.settings import Settings
+
+
+_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=30,  # > the 20 s SQS long poll
+    retries={"max_attempts": 3, "mode": "standard"},
+    max_pool_connections=50,
+)
+
+# A message that fails this many receives goes to the dead-letter queue.
+MAX_RECEIVES = 5
+
+
+@functools.lru_cache(maxsize=16)
+def _client(service: str, kwargs: tuple[tuple[str, Any], ...]) -> Any:
+    return boto3.session.Session().client(service, config=_CONFIG, **dict(kwargs))
+
+
+def sqs(settings: Settings) -> Any:
+    return _client("sqs", tuple(sorted(settings.boto_kwargs().items())))
+
+
+def s3(settings: Settings) -> Any:
+    return _client("s3", tuple(sorted(settings.boto_kwargs().items())))
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn boto's transport and service errors into ``Unavailable``."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as e:
+        raise Unavailable(f"{what}: {e}") from e
+
+
+def is_missing(e: BaseException) -> bool:
+    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+    return code in {"NoSuchKey", "404", "NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+
+
+def queue_name(settings: Settings, server: str) -> str:
+    return f"{settings.table_prefix}-server-{server}"
+
+
+def create_server_queue(settings: Settings, server: str) -> tuple[str, str]:
+    """Create (or find) a server's queue and its dead-letter queue; return both URLs."""
+    client = sqs(settings)
+    name = queue_name(settings, server)
+    with translated("creating the server's queue"):
+        dlq_url = client.create_queue(QueueName=f"{name}-dlq", Attributes={"MessageRetentionPeriod": "1209600"})[
+            "QueueUrl"
+        ]
+        dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        attributes = {
+            "VisibilityTimeout": "60",
+            "ReceiveMessageWaitTimeSeconds": "20",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVES)}),
+        }
+        try:
+            url = client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in {"QueueAlreadyExists", "QueueNameExists"}:
+                raise
+            url = client.get_queue_url(QueueName=name)["QueueUrl"]
+            client.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url, dlq_url
+
+
+def delete_server_queue(settings: Settings, queue_url: str, dlq_url: str) -> None:
+    client = sqs(settings)
+    for url in (queue_url, dlq_url):
+        if not url:
+            continue
+        try:
+            client.delete_queue(QueueUrl=url)
+        except ClientError as e:
+            if not is_missing(e):
+                raise Unavailable(f"deleting queue {url}: {e}") from e
+
+
+def send_wakeup(settings: Settings, queue_url: str, sandbox_id: str) -> None:
+    with translated("queueing the sandbox"):
+        sqs(settings).send_message(QueueUrl=queue_url, MessageBody=json.dumps({"sandbox_id": sandbox_id}))
+
+
+def ensure_bucket(settings: Settings) -> None:
+    client = s3(settings)
+    with translated("creating the bucket"):
+        try:
+            client.head_bucket(Bucket=settings.bucket)
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+            kwargs: dict[str, Any] = {"Bucket": settings.bucket}
+            if settings.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": settings.region}
+            client.create_bucket(**kwargs)
+
+
+def put_object(settings: Settings, key: str, body: bytes) -> None:
+    with translated("storing files"):
+        s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
+
+
+def get_object(settings: Settings, key: str) -> bytes:
+    with translated("reading files"):
+        data: bytes = s3(settings).get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        return data
+
+
+def delete_objects(settings: Settings, keys: list[str]) -> None:
+    if keys:
+        with translated("deleting files"):
+            s3(settings).delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+
+

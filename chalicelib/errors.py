@@ -1,0 +1,72 @@
+"""Domain errors.  The API maps them to HTTP in one place (``chalicelib.api``).
+
+Three kinds are kept apart: bad input (``InvalidInput``: the caller's fault, a
+4xx naming the field), an infrastructure fault (``Unavailable``: logged in full,
+shown as a short 503), and the user's program failing, which is a *result*
+recorded on the sandbox and never an error here.
+"""
+
+from __future__ import annotations
+
+
+class OpenDevelopError(Exception):
+    status = 500
+    code = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(OpenDevelopError):
+    status = 400
+    code = "BadRequestError"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Unauthorized(OpenDevelopError):
+    status = 401
+    code = "UnauthorizedError"
+
+
+class NotFound(OpenDevelopError):
+    status = 404
+    code = "NotFoundError"
+
+
+class Conflict(OpenDevelopError):
+    status = 409
+    code = "ConflictError"
+
+
+class PayloadTooLarge(OpenDevelopError):
+    status = 413
+    code = "RequestEntityTooLargeError"
+
+
+class UnsupportedMediaType(OpenDevelopError):
+    status = 415
+    code = "UnsupportedMediaType"
+
+
+class QuotaExceeded(OpenDevelopError):
+    status = 429
+    code = "TooManyRequestsError"
+
+
+class Unavailable(OpenDevelopError):
+    """The platform cannot take the request now (no server, AWS endpoint down)."""
+
+    status = 503
+    code = "ServiceUnavailableError"
+
+
+class AlreadyExists(OpenDevelopError):
+    """An admin tried to create something whose key is taken."""
+
+    status = 409
+    code = "ConflictError"

@@ -1,0 +1,176 @@
+"""DynamoDB tables (pynamodb models).
+
+Table names depend on the stage, so the models are bound to their tables by
+``configure(settings)`` when a component starts, not when it is imported.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    JSONAttribute,
+    ListAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.settings import Settings
+
+SANDBOX_STATES = ("queued", "running", "terminated", "error", "cancelled")
+FINAL_STATES = ("terminated", "error", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Base(Model):
+    class Meta:
+        table_name = "unconfigured"
+        billing_mode = "PAY_PER_REQUEST"
+        region = "us-east-1"
+
+
+class User(_Base):
+    class Meta(_Base.Meta):
+        suffix = "users"
+
+    username = UnicodeAttribute(hash_key=True)
+    email = UnicodeAttribute()
+    password_hash = UnicodeAttribute()
+    organization = BooleanAttribute(default=False)
+    created_at = UTCDateTimeAttribute(default=utcnow)
+
+
+class AppsByOwner(GlobalSecondaryIndex["App"]):
+    class Meta:
+        index_name = "by_owner"
+        projection = AllProjection()
+
+    owner = UnicodeAttribute(hash_key=True)
+
+
+class App(_Base):
+    class Meta(_Base.Meta):
+        suffix = "apps"
+
+    app_id = UnicodeAttribute(hash_key=True)
+    name = UnicodeAttribute()
+    owner = UnicodeAttribute()
+    secret_hash = UnicodeAttribute()
+    # Per-app ceilings, e.g. {"memory_mb": 512}; a missing key means the global ceiling.
+    limits = JSONAttribute(default=dict)
+    network = BooleanAttribute(default=False)
+    created_at = UTCDateTimeAttribute(default=utcnow)
+    by_owner = AppsByOwner()
+
+
+class Image(_Base):
+    class Meta(_Base.Meta):
+        suffix = "images"
+
+    name = UnicodeAttribute(hash_key=True)
+    description = UnicodeAttribute(default="")
+    docker_image = UnicodeAttribute()
+    registry_url = UnicodeAttribute(default="")
+    enabled = BooleanAttribute(default=True)
+    created_at = UTCDateTimeAttribute(default=utcnow)
+
+
+class DockerServer(_Base):
+    class Meta(_Base.Meta):
+        suffix = "servers"
+
+    name = UnicodeAttribute(hash_key=True)
+    url = UnicodeAttribute()
+    buckets = UnicodeAttribute(default="")
+    queue_url = UnicodeAttribute()
+    dlq_url = UnicodeAttribute(default="")
+    slots = NumberAttribute(default=2)
+    runtime = UnicodeAttribute(default="runc")
+    state = UnicodeAttribute(default="active")  # active | draining | disabled
+    network = BooleanAttribute(default=False)
+    last_heartbeat = UTCDateTimeAttribute(null=True)
+    running = NumberAttribute(default=0)
+    images = ListAttribute(of=UnicodeAttribute, default=list)
+    created_at = UTCDateTimeAttribute(default=utcnow)
+
+
+class SandboxesByApp(GlobalSecondaryIndex["Sandbox"]):
+    """An app's sandboxes, newest first: query with ``scan_index_forward=False``."""
+
+    class Meta:
+        index_name = "by_app"
+        projection = AllProjection()
+
+    app_id = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class Sandbox(_Base):
+    class Meta(_Base.Meta):
+        suffix = "sandboxes"
+
+    sandbox_id = UnicodeAttribute(hash_key=True)
+    app_id = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute(default=utcnow)
+    image = UnicodeAttribute()
+    docker_image = UnicodeAttribute()
+    cmd = ListAttribute(of=UnicodeAttribute)
+    # Resource limits of this run: timeout, memory_mb, cpus, pids, disk_mb, output_kb.
+    limits = JSONAttribute(default=dict)
+    env = JSONAttribute(default=dict)
+    network = BooleanAttribute(default=False)
+    files_key = UnicodeAttribute(null=True)  # S3 key of the tar of uploaded files (+ stdin)
+    files_bytes = NumberAttribute(default=0)  # size of the tar part
+    stdin_bytes = NumberAttribute(default=0)
+    file_count = NumberAttribute(default=0)
+    status = UnicodeAttribute(default="queued")
+    server = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(default=0)
+    started_at = UTCDateTimeAttribute(null=True)
+    finished_at = UTCDateTimeAttribute(null=True)
+    return_code = NumberAttribute(null=True)
+    stdout = UnicodeAttribute(null=True)
+    stderr = UnicodeAttribute(null=True)
+    logs = UnicodeAttribute(null=True)
+    output_key = UnicodeAttribute(null=True)  # S3 key when the output is too large for the row
+    timed_out = BooleanAttribute(default=False)
+    oom_killed = BooleanAttribute(default=False)
+    output_truncated = BooleanAttribute(default=False)
+    error = UnicodeAttribute(null=True)
+    by_app = SandboxesByApp()
+
+
+MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
+
+
+def configure(settings: Settings) -> None:
+    """Bind every model to its stage's table and endpoint."""
+    for model in MODELS:
+        meta: Any = model.Meta
+        meta.table_name = f"{settings.table_prefix}-{meta.suffix}"
+        meta.region = settings.region
+        meta.host = settings.aws_endpoint_url
+        meta.aws_access_key_id = settings.aws_access_key_id
+        meta.aws_secret_access_key = settings.aws_secret_access_key
+        meta.connect_timeout_seconds = 5
+        meta.read_timeout_seconds = 10
+        meta.max_retry_attempts = 3
+        model._connection = None
+
+
+def create_tables() -> list[str]:
+    """Create the tables that do not exist yet; return the names created."""
+    created = []
+    for model in MODELS:
+        if not model.exists():
+            model.create_table(wait=True)
+            created.append(model.Meta.table_name)
+    return created

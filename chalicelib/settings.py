@@ -1,0 +1,170 @@
+"""Settings shared by the API, the admin command line and the dispatcher.
+
+Everything is read from the environment by ``Settings.from_env()``, once, when
+a component starts -- never at import time.  A bad value fails fast with a
+message naming the variable.
+
+Decisions worth knowing:
+
+* The ``local`` stage is the default.  In it, the AWS endpoint defaults to the
+  moto server that ``make dev`` runs on 127.0.0.1:5000, the credentials to
+  moto's dummy ones, and the HMAC key for app secrets to a random key kept in
+  ``.opendevelop/hmac.key`` in the checkout (generated on first use, never
+  committed).  Any other stage must be given ``OPENDEVELOP_HMAC_KEY``.
+* Limits come as a default and a ceiling.  A request may ask for less or more
+  than the default, but never above the ceiling (a 400, never a clamp).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_ENDPOINT = "http://127.0.0.1:5000"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A per-sandbox resource limit: what a run gets by default and the most it may ask for."""
+
+    name: str
+    default: float
+    ceiling: float
+    minimum: float
+    integer: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str = "local"
+    region: str = "us-east-1"
+    aws_endpoint_url: str | None = LOCAL_ENDPOINT
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    table_prefix: str = "opendevelop-local"
+    bucket: str = "opendevelop-local-files"
+    hmac_key: bytes = field(default=b"", repr=False)
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_files: int = 1000
+    max_cmd_bytes: int = 16 * 1024
+    max_stdin_bytes: int = 1024 * 1024
+    heartbeat_ttl_s: int = 30
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        stage = env.get("OPENDEVELOP_STAGE", "local").strip() or "local"
+        if not stage.replace("-", "").replace("_", "").isalnum():
+            raise SettingsError(f"OPENDEVELOP_STAGE: {stage!r} may hold only letters, digits, '-' and '_'")
+        local = stage == "local"
+        endpoint = env.get("OPENDEVELOP_AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL")
+        if endpoint is None and local:
+            endpoint = LOCAL_ENDPOINT
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"AWS_ENDPOINT_URL: {endpoint!r} is not an http(s) URL")
+        key_id = env.get("AWS_ACCESS_KEY_ID") or ("testing" if local else None)
+        key_secret = env.get("AWS_SECRET_ACCESS_KEY") or ("testing" if local else None)
+        prefix = env.get("OPENDEVELOP_TABLE_PREFIX", f"opendevelop-{stage}")
+        return cls(
+            stage=stage,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_endpoint_url=endpoint,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=key_secret,
+            table_prefix=prefix,
+            bucket=env.get("OPENDEVELOP_BUCKET", f"{prefix}-files"),
+            hmac_key=_hmac_key(env, local),
+            max_upload_bytes=_int(env, "OPENDEVELOP_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, 1),
+            max_files=_int(env, "OPENDEVELOP_MAX_FILES", 1000, 1),
+            max_cmd_bytes=_int(env, "OPENDEVELOP_MAX_CMD_BYTES", 16 * 1024, 1),
+            max_stdin_bytes=_int(env, "OPENDEVELOP_MAX_STDIN_BYTES", 1024 * 1024, 0),
+            heartbeat_ttl_s=_int(env, "OPENDEVELOP_HEARTBEAT_TTL", 30, 5),
+            limits=_limits(env),
+        )
+
+    def limit(self, name: str) -> Limit:
+        return self.limits[name]
+
+    def boto_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.client``: region, endpoint and credentials."""
+        kwargs: dict[str, Any] = {"region_name": self.region}
+        if self.aws_endpoint_url:
+            kwargs["endpoint_url"] = self.aws_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            kwargs["aws_access_key_id"] = self.aws_access_key_id
+            kwargs["aws_secret_access_key"] = self.aws_secret_access_key
+        return kwargs
+
+
+# name: (default, ceiling, minimum, integer)
+_LIMIT_DEFAULTS: dict[str, tuple[float, float, float, bool]] = {
+    "timeout": (10, 60, 1, False),  # seconds, wall clock
+    "memory_mb": (256, 2048, 16, True),
+    "cpus": (1.0, 2.0, 0.1, False),
+    "pids": (128, 1024, 16, True),
+    "disk_mb": (64, 1024, 1, True),  # the working folder's tmpfs
+    "output_kb": (64, 10240, 1, True),  # per stream
+}
+
+
+def _limits(env: Mapping[str, str]) -> dict[str, Limit]:
+    limits = {}
+    for name, (default, ceiling, minimum, integer) in _LIMIT_DEFAULTS.items():
+        var = f"OPENDEVELOP_{name.upper()}"
+        dflt = _number(env, f"{var}_DEFAULT", default, minimum, integer)
+        ceil = _number(env, f"{var}_MAX", ceiling, minimum, integer)
+        if dflt > ceil:
+            raise SettingsError(f"{var}_DEFAULT: {dflt} is above {var}_MAX ({ceil})")
+        limits[name] = Limit(name, dflt, ceil, minimum, integer)
+    return limits
+
+
+def _number(env: Mapping[str, str], var: str, default: float, minimum: float, integer: bool) -> float:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise SettingsError(f"{var}: {raw!r} is not {kind}") from None
+    if value < minimum or value != value:
+        raise SettingsError(f"{var}: {raw!r} is below the minimum {minimum}")
+    return value
+
+
+def _int(env: Mapping[str, str], var: str, default: int, minimum: int) -> int:
+    return int(_number(env, var, default, minimum, True))
+
+
+def _hmac_key(env: Mapping[str, str], local: bool) -> bytes:
+    raw = env.get("OPENDEVELOP_HMAC_KEY")
+    if raw:
+        if len(raw) < 32:
+            raise SettingsError("OPENDEVELOP_HMAC_KEY: must be at least 32 characters")
+        return raw.encode()
+    if not local:
+        raise SettingsError("OPENDEVELOP_HMAC_KEY: required outside the local stage")
+    path = Path(env.get("OPENDEVELOP_STATE_DIR") or PROJECT_ROOT / ".opendevelop") / "hmac.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # atomic: the first writer wins, the others read its key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip().encode()

@@ -1,0 +1,316 @@
+"""Running one sandbox in a fresh, locked-down container.
+
+The container gets no network, a read-only root, a size-capped tmpfs as its
+working folder (``/sandbox``) and another as ``/tmp``, a non-root user, no
+capabilities, ``no-new-privileges``, an init process, and memory (swap equal
+to it), CPU, pids and open-files limits.  Files arrive without any host path:
+the tar the API stored, followed by the program's stdin, is written to the
+container's stdin, and a tiny shell prologue unpacks exactly ``files_bytes``
+of it into ``/sandbox`` before ``exec``-ing the command, which inherits the
+rest as its stdin.  That works the same for a local engine and an ``ssh://``
+one, and the dispatcher never touches a path sandboxed code could change.
+
+Output is read from the attach stream as it comes, kept up to the cap per
+stream and counted beyond it, so a flood costs the dispatcher a fixed buffer,
+and the engine's log driver is ``none`` so nothing lands on the host's disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig, Ulimit
+
+from chalicelib.logs import log
+
+logger = logging.getLogger("opendevelop.dispatcher")
+
+LABEL_SANDBOX = "opendevelop.sandbox"
+LABEL_SERVER = "opendevelop.server"
+WORKDIR = "/sandbox"
+# $1: bytes of tar to unpack, $2: the command line.  `head -c` reads exactly
+# that much, so whatever follows on stdin is the program's own.
+PROLOGUE = (
+    'if [ "$1" -gt 0 ]; then head -c "$1" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
+    'cd ' + WORKDIR + ' && exec /bin/sh -c "$2"'
+)
+READ_CHUNK = 64 * 1024
+
+
+class PlatformError(Exception):
+    """The platform (not the user's program) failed; ``transient`` says whether a retry may help."""
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    sandbox_id: str
+    docker_image: str
+    cmd: list[str]
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    disk_mb: int
+    output_bytes: int
+    files_bytes: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+
+
+@dataclass
+class RunResult:
+    return_code: int
+    stdout: bytes
+    stderr: bytes
+    logs: bytes
+    timed_out: bool
+    oom_killed: bool
+    output_truncated: bool
+    duration_s: float
+
+
+class _Capture:
+    """Keeps up to ``cap`` bytes per stream; ``logs`` interleaves exactly the kept parts."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = {1: bytearray(), 2: bytearray()}
+        self.logs = bytearray()
+        self.truncated = False
+
+    def add(self, stream: int, data: bytes) -> None:
+        buf = self.kept.get(stream)
+        if buf is None:
+            return
+        room = self.cap - len(buf)
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        buf += data
+        self.logs += data
+
+
+def _demux(raw: Any, capture: _Capture) -> None:
+    """Read Docker's multiplexed attach stream to its end, frame by frame, in bounded memory."""
+    header = b""
+    stream, remaining = 0, 0
+    while True:
+        chunk = raw.recv(READ_CHUNK)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            if remaining == 0:
+                need = 8 - len(header)
+                header += view[:need].tobytes()
+                view = view[need:]
+                if len(header) < 8:
+                    break
+                stream, remaining = struct.unpack(">BxxxL", header)
+                header = b""
+                continue
+            take = view[:remaining]
+            capture.add(stream, take.tobytes())
+            remaining -= len(take)
+            view = view[len(take):]
+
+
+def _send_input(raw: Any, payload: bytes) -> None:
+    """Write the tar and stdin, then close our writing side so the program sees EOF."""
+    try:
+        if payload:
+            raw.sendall(payload)
+    except OSError:
+        pass  # the program exited without reading everything: that is its business
+    finally:
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class Runner:
+    """Runs sandboxes on one Docker engine.  Thread-safe: one call to ``run`` per slot."""
+
+    def __init__(self, client: docker.APIClient, server: str, runtime: str = "runc", user: str = "1000:1000",
+                 tmp_mb: int = 64, nofile: int = 256) -> None:
+        self.api = client
+        self.server = server
+        self.runtime = runtime
+        self.user = user
+        self.tmp_mb = tmp_mb
+        self.nofile = nofile
+        self._images: set[str] = set()
+        self._lock = threading.Lock()
+
+    # Images
+
+    def has_image(self, ref: str) -> bool:
+        """Cached: once an image is seen it is not inspected again on the hot path."""
+        with self._lock:
+            if ref in self._images:
+                return True
+        try:
+            self.api.inspect_image(ref)
+        except ImageNotFound:
+            return False
+        except DockerException as e:
+            raise PlatformError(f"inspecting image {ref}: {e}") from e
+        with self._lock:
+            self._images.add(ref)
+        return True
+
+    def local_images(self) -> list[str]:
+        tags: list[str] = []
+        for image in self.api.images():
+            tags.extend(t for t in image.get("RepoTags") or [] if t != "<none>:<none>")
+        return sorted(tags)
+
+    # Containers
+
+    def container_name(self, sandbox_id: str) -> str:
+        return f"od-{sandbox_id}"
+
+    def create(self, spec: RunSpec) -> str:
+        if not self.has_image(spec.docker_image):
+            raise PlatformError(f"image {spec.docker_image} is not present on server {self.server}", transient=False)
+        host_config = self.api.create_host_config(
+            network_mode="bridge" if spec.network else "none",
+            read_only=True,
+            tmpfs={
+                WORKDIR: f"rw,exec,nosuid,nodev,size={spec.disk_mb}m,mode=1777",
+                "/tmp": f"rw,exec,nosuid,nodev,size={self.tmp_mb}m,mode=1777",
+            },
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            mem_limit=f"{spec.memory_mb}m",
+            memswap_limit=f"{spec.memory_mb}m",
+            mem_swappiness=0,
+            nano_cpus=int(spec.cpus * 1e9),
+            pids_limit=spec.pids,
+            ulimits=[Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
+            shm_size="16m",
+            ipc_mode="private",
+            oom_score_adj=1000,  # under host memory pressure, sandboxes die first
+            log_config=LogConfig(type="none"),  # output is read live; nothing is kept on the host's disk
+            runtime=self.runtime,
+        )
+        env = {"HOME": WORKDIR, "LANG": "C.UTF-8", **spec.env}
+        command = ["/bin/sh", "-c", PROLOGUE, "sandbox", str(spec.files_bytes), " && ".join(spec.cmd)]
+        kwargs: dict[str, Any] = dict(
+            image=spec.docker_image,
+            command=command,
+            user=self.user,
+            environment=env,
+            stdin_open=True,  # docker-py sets StdinOnce with it: closing our side closes the program's stdin
+            tty=False,
+            hostname="sandbox",
+            labels={LABEL_SANDBOX: spec.sandbox_id, LABEL_SERVER: self.server},
+            name=self.container_name(spec.sandbox_id),
+            host_config=host_config,
+        )
+        try:
+            return str(self.api.create_container(**kwargs)["Id"])
+        except APIError as e:
+            if e.status_code != 409:
+                raise PlatformError(f"creating the container: {e.explanation or e}") from e
+        # A container of that name survives from an earlier attempt: it is stale by definition.
+        self.remove(self.container_name(spec.sandbox_id))
+        try:
+            return str(self.api.create_container(**kwargs)["Id"])
+        except DockerException as e:
+            raise PlatformError(f"creating the container: {e}") from e
+
+    def run(self, spec: RunSpec, payload: bytes) -> RunResult:
+        """Run to the end (or the timeout); always remove the container."""
+        cid = None
+        try:
+            cid = self.create(spec)
+            return self._run(cid, spec, payload)
+        except DockerException as e:
+            raise PlatformError(f"docker: {e}") from e
+        finally:
+            if cid:
+                self.remove(cid)
+
+    def _run(self, cid: str, spec: RunSpec, payload: bytes) -> RunResult:
+        sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
+        capture = _Capture(spec.output_bytes)
+        timed_out = threading.Event()
+        started = time.monotonic()
+        try:
+            raw.settimeout(spec.timeout_s + 60)  # a backstop only: the kill below ends the stream
+            self.api.start(cid)
+            started = time.monotonic()
+            killer = threading.Timer(spec.timeout_s, self._kill_on_timeout, (cid, timed_out))
+            killer.daemon = True
+            killer.start()
+            writer = threading.Thread(target=_send_input, args=(raw, payload), daemon=True)
+            writer.start()
+            try:
+                _demux(raw, capture)
+            except (TimeoutError, socket.timeout):
+                timed_out.set()
+                self.kill(cid)
+            finally:
+                killer.cancel()
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        status = self.api.wait(cid, timeout=30)
+        duration = time.monotonic() - started
+        code = int(status.get("StatusCode", -1))
+        oom = False
+        if code == 137 and not timed_out.is_set():
+            oom = bool(self.api.inspect_container(cid)["State"].get("OOMKilled"))
+        return RunResult(
+            return_code=code,
+            stdout=bytes(capture.kept[1]),
+            stderr=bytes(capture.kept[2]),
+            logs=bytes(capture.logs),
+            timed_out=timed_out.is_set(),
+            oom_killed=oom,
+            output_truncated=capture.truncated,
+            duration_s=duration,
+        )
+
+    def _kill_on_timeout(self, cid: str, flag: threading.Event) -> None:
+        flag.set()
+        self.kill(cid)
+
+    def kill(self, cid: str) -> None:
+        try:
+            self.api.kill(cid)
+        except (NotFound, APIError):
+            pass  # already gone or already stopped
+
+    def remove(self, cid: str) -> None:
+        try:
+            self.api.remove_container(cid, force=True, v=True)
+        except NotFound:
+            pass
+        except DockerException as e:
+            log(logger, "container.remove_failed", logging.WARNING, container=cid, error=str(e))
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """Containers of this server that a previous dispatcher left behind."""
+        return list(self.api.containers(all=True, filters={"label": f"{LABEL_SERVER}={self.server}"}))

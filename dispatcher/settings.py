@@ -1,0 +1,63 @@
+"""The dispatcher's own settings (the shared ones are ``chalicelib.settings.Settings``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chalicelib.settings import SettingsError
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    server: str
+    slots: int | None = None  # None: the server row's slots
+    docker_url: str | None = None  # None: the server row's URL
+    poll_wait_s: int = 10  # SQS long poll; also how long a warm stop may wait for it
+    visibility_s: int = 60  # a claimed message stays hidden this long, extended while its container runs
+    heartbeat_s: float = 5.0
+    tmp_mb: int = 64  # /tmp's tmpfs size
+    nofile: int = 256
+    user: str = "1000:1000"
+    max_attempts: int = 3  # a sandbox whose run failed for platform reasons this often ends `error`
+    instance: str = ""
+
+    @classmethod
+    def from_env(cls, server: str | None = None, environ: Mapping[str, str] | None = None,
+                 slots: int | None = None) -> DispatcherSettings:
+        env = os.environ if environ is None else environ
+        server = server or env.get("OPENDEVELOP_SERVER")
+        if not server:
+            raise SettingsError("OPENDEVELOP_SERVER (or --server): the name of this dispatcher's Docker server")
+        return cls(
+            server=server,
+            slots=slots if slots is not None else _opt_int(env, "OPENDEVELOP_SLOTS", 1, 256),
+            docker_url=env.get("OPENDEVELOP_DOCKER_URL") or None,
+            poll_wait_s=_int(env, "OPENDEVELOP_POLL_WAIT", 10, 0, 20),
+            visibility_s=_int(env, "OPENDEVELOP_VISIBILITY", 60, 10, 43200),
+            heartbeat_s=float(_int(env, "OPENDEVELOP_HEARTBEAT_INTERVAL", 5, 1, 60)),
+            tmp_mb=_int(env, "OPENDEVELOP_TMP_MB", 64, 1, 4096),
+            nofile=_int(env, "OPENDEVELOP_NOFILE", 256, 16, 65536),
+            user=env.get("OPENDEVELOP_SANDBOX_USER", "1000:1000"),
+            max_attempts=_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
+            instance=secrets.token_hex(4),
+        )
+
+
+def _int(env: Mapping[str, str], var: str, default: int, low: int, high: int) -> int:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{var}: {raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{var}: {value} is not between {low} and {high}")
+    return value
+
+
+def _opt_int(env: Mapping[str, str], var: str, low: int, high: int) -> int | None:
+    return _int(env, var, 0, low, high) if env.get(var, "").strip() else None

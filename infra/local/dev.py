@@ -1,0 +1,89 @@
+"""``make dev``: the whole system on this machine, until Ctrl-C.
+
+Starts moto's server (DynamoDB, SQS, S3) on 127.0.0.1:5000, creates the
+tables, queues and bucket, registers the ``base`` image, the ``local`` server
+and a demo app, then serves the API with ``chalice local`` on 127.0.0.1:8000
+and runs the dispatcher.  It supervises what it started: a process that dies
+is restarted.  Ctrl-C (or SIGTERM) stops every process it started.
+
+moto keeps its data in memory, so each ``make dev`` starts with empty tables;
+the demo app keeps the same id and secret (``.opendevelop/demo-app.json``) so
+the printed curl command keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from infra.local.stack import Stack
+
+BANNER = """
+OpenDevelop is running.
+  API         {api}   (chalice local, stage "local")
+  AWS         {aws}   (moto: DynamoDB, SQS, S3)
+  dispatcher  server "local" on unix:///var/run/docker.sock
+  logs        {logs}/
+
+Demo app:   id {app_id}   secret {secret}
+
+Run a file:
+  printf 'print("hello opendevelop!")\\n' > test.py
+  curl -s -u {app_id}:{secret} -F image=base -F 'cmd=["python test.py"]' -F timeout=10 \\
+       -F file=@test.py {api}/api/sandboxes
+  curl -s -u {app_id}:{secret} '{api}/api/sandboxes/<id>?wait=20'
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    stack = Stack(
+        aws_port=int(os.environ.get("OPENDEVELOP_AWS_PORT", "5000")),
+        api_port=int(os.environ.get("OPENDEVELOP_API_PORT", "8000")),
+    )
+    stack.log_dir = stack.state_dir / "logs"
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    try:
+        stack.start_aws()
+        demo = stack.bootstrap()
+        stack.start_api()
+        stack.start_dispatcher("local", name="dispatcher")
+        print(BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, **demo), flush=True)
+        print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None and not stopping:
+                    print(f"{name} exited with {proc.returncode}; restarting it (see {stack.log_dir}/{name}.log)",
+                          flush=True)
+                    stack.procs.pop(name)
+                    if name == "aws":
+                        stack.start_aws()
+                        stack.bootstrap()
+                    elif name == "api":
+                        stack.start_api()
+                    else:
+                        stack.start_dispatcher("local", name=name)
+    except RuntimeError as e:
+        print(f"make dev: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", flush=True)
+        stack.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

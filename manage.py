@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""OpenDevelop's admin command line, as in the original project.
+
+    ./manage.py server-create --name=local --url=unix:///var/run/docker.sock --buckets=/var/tmp/opendevelop
+    ./manage.py user-create --username=sourcelair --email=opendevelop@sourcelair.com --passwd=123 --organization
+    ./manage.py app-create --app_name=myapp --username=sourcelair
+    ./manage.py image-create --name=base --description="Debian + Python 3" --url="" --docker-image=opendevelop/base:latest
+
+It finds the project's virtualenv (.venv) by itself and, with no environment
+set, talks to the local stack that ``make dev`` runs.  ``./manage.py -h`` and
+``./manage.py COMMAND -h`` describe everything; ``--json`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and os.environ.get("OPENDEVELOP_NO_VENV") != "1":
+    if VENV_PYTHON.exists():
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
+    sys.exit(f"manage.py: no virtualenv at {ROOT / '.venv'}; run `make venv` (or `make dev`) first")
+
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from chalicelib import admin, models  # noqa: E402
+from chalicelib.errors import OpenDevelopError  # noqa: E402
+from chalicelib.models import App, DockerServer, Image, User  # noqa: E402
+from chalicelib.settings import Settings, SettingsError  # noqa: E402
+from chalicelib.validation import LIMIT_FIELDS  # noqa: E402
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Settings], Any], str]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return register
+
+
+def out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+@command("init", "create the stage's tables and bucket where missing")
+def init(args: argparse.Namespace, settings: Settings) -> None:
+    created = admin.init(settings)
+    out(args, {"created_tables": created, "bucket": settings.bucket},
+        f"tables ready ({len(created)} created), bucket {settings.bucket} ready")
+
+
+@command("server-create", "register a Docker server and create its queue")
+def server_create(args: argparse.Namespace, settings: Settings) -> None:
+    server = admin.server_create(settings, args.name, args.url, args.buckets, args.slots, args.runtime,
+                                 args.network, replace=args.replace)
+    out(args, admin.describe(server), f"server {server.name} registered ({server.url}), queue {server.queue_url}")
+
+
+@command("server-list", "list Docker servers")
+def server_list(args: argparse.Namespace, settings: Settings) -> None:
+    rows = [admin.describe(s) for s in DockerServer.scan()]
+    out(args, rows, table(rows, ["name", "url", "state", "runtime", "slots", "running", "last_heartbeat"]))
+
+
+@command("server-drain", "stop sending new work to a server (in-flight work finishes)")
+def server_drain(args: argparse.Namespace, settings: Settings) -> None:
+    server = admin.server_set_state(args.name, "draining")
+    out(args, admin.describe(server), f"server {server.name} is draining")
+
+
+@command("server-activate", "let a drained or disabled server take work again")
+def server_activate(args: argparse.Namespace, settings: Settings) -> None:
+    server = admin.server_set_state(args.name, "active")
+    out(args, admin.describe(server), f"server {server.name} is active")
+
+
+@command("server-delete", "remove a Docker server and its queues")
+def server_delete(args: argparse.Namespace, settings: Settings) -> None:
+    admin.server_delete(settings, args.name)
+    out(args, {"deleted": args.name}, f"server {args.name} deleted")
+
+
+@command("user-create", "create a user")
+def user_create(args: argparse.Namespace, settings: Settings) -> None:
+    user = admin.user_create(args.username, args.email, args.passwd, args.organization)
+    out(args, admin.describe(user), f"user {user.username} created")
+
+
+@command("user-list", "list users")
+def user_list(args: argparse.Namespace, settings: Settings) -> None:
+    rows = [admin.describe(u) for u in User.scan()]
+    out(args, rows, table(rows, ["username", "email", "organization", "created_at"]))
+
+
+@command("user-delete", "delete a user (who owns no apps)")
+def user_delete(args: argparse.Namespace, settings: Settings) -> None:
+    admin.user_delete(args.username)
+    out(args, {"deleted": args.username}, f"user {args.username} deleted")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name, None) is not None}
+
+
+@command("app-create", "create an app; prints its id and secret (the secret only this once)")
+def app_create(args: argparse.Namespace, settings: Settings) -> None:
+    app, secret = admin.app_create(args.app_name, args.username, app_id=args.app_id, secret=args.secret,
+                                   settings=settings, limits=_limits(args), network=args.network)
+    data = {**admin.describe(app), "secret": secret}
+    out(args, data, f"app {app.name} created\napp id: {app.app_id}\nsecret: {secret}\n"
+        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)")
+
+
+@command("app-list", "list apps (of one user with --username)")
+def app_list(args: argparse.Namespace, settings: Settings) -> None:
+    rows_iter = App.by_owner.query(args.username) if args.username else App.scan()
+    rows = [admin.describe(a) for a in rows_iter]
+    out(args, rows, table(rows, ["app_id", "name", "owner", "limits", "created_at"]))
+
+
+@command("app-set-limits", "set an app's ceilings (a request may not ask for more)")
+def app_set_limits(args: argparse.Namespace, settings: Settings) -> None:
+    app = admin.app_set_limits(args.app_id, _limits(args), settings, network=args.network)
+    out(args, admin.describe(app), f"app {app.app_id} limits: {json.dumps(app.limits)}")
+
+
+@command("app-rotate-secret", "give an app a new secret (the old one stops working)")
+def app_rotate_secret(args: argparse.Namespace, settings: Settings) -> None:
+    app, secret = admin.app_rotate_secret(args.app_id, settings)
+    out(args, {"app_id": app.app_id, "secret": secret}, f"app id: {app.app_id}\nsecret: {secret}")
+
+
+@command("app-delete", "delete an app")
+def app_delete(args: argparse.Namespace, settings: Settings) -> None:
+    admin.app_delete(args.app_id)
+    out(args, {"deleted": args.app_id}, f"app {args.app_id} deleted")
+
+
+@command("image-create", "register an image sandboxes can use")
+def image_create(args: argparse.Namespace, settings: Settings) -> None:
+    image = admin.image_create(args.name, args.docker_image, args.description, args.url,
+                               enabled=not args.disabled, replace=args.replace)
+    out(args, admin.describe(image), f"image {image.name} registered ({image.docker_image})")
+
+
+@command("image-list", "list images")
+def image_list(args: argparse.Namespace, settings: Settings) -> None:
+    rows = [admin.describe(i) for i in Image.scan()]
+    out(args, rows, table(rows, ["name", "docker_image", "enabled", "description"]))
+
+
+@command("image-delete", "delete an image")
+def image_delete(args: argparse.Namespace, settings: Settings) -> None:
+    admin.image_delete(args.name)
+    out(args, {"deleted": args.name}, f"image {args.name} deleted")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="manage.py", description="OpenDevelop administration.")
+    subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p: dict[str, argparse.ArgumentParser] = {}
+    for name, (_, help_text) in COMMANDS.items():
+        p[name] = subs.add_parser(name, help=help_text, description=help_text)
+        p[name].add_argument("--json", action="store_true", help="print JSON")
+    p["server-create"].add_argument("--name", required=True, help="the server's name")
+    p["server-create"].add_argument("--url", required=True,
+                                    help="Docker API URL: unix:///var/run/docker.sock, tcp://h:p, ssh://user@h[:p]")
+    p["server-create"].add_argument("--buckets", default="", help="scratch folder on the server (informational)")
+    p["server-create"].add_argument("--slots", type=int, default=os.cpu_count() or 2,
+                                    help="sandboxes run at once (default: this machine's cores)")
+    p["server-create"].add_argument("--runtime", default="runc", choices=admin.RUNTIMES)
+    p["server-create"].add_argument("--network", action="store_true", help="allow sandboxes network access")
+    p["server-create"].add_argument("--replace", action="store_true", help="overwrite a server of that name")
+    for name in ("server-drain", "server-activate", "server-delete"):
+        p[name].add_argument("--name", required=True)
+    p["user-create"].add_argument("--username", required=True)
+    p["user-create"].add_argument("--email", required=True)
+    p["user-create"].add_argument("--passwd", "--password", dest="passwd", required=True)
+    p["user-create"].add_argument("--organization", action="store_true", help="an organization account")
+    p["user-delete"].add_argument("--username", required=True)
+    p["app-create"].add_argument("--app_name", "--app-name", "--name", dest="app_name", required=True)
+    p["app-create"].add_argument("--username", required=True, help="the user that owns the app")
+    p["app-create"].add_argument("--app_id", "--app-id", dest="app_id", help=argparse.SUPPRESS)
+    p["app-create"].add_argument("--secret", help=argparse.SUPPRESS)
+    p["app-list"].add_argument("--username")
+    for name in ("app-create", "app-set-limits"):
+        for limit in LIMIT_FIELDS:
+            p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit,
+                                 help=f"ceiling for {limit}")
+    p["app-create"].add_argument("--network", action="store_true", help="sandboxes may ask for network access")
+    p["app-set-limits"].add_argument("--network", action=argparse.BooleanOptionalAction, default=None)
+    for name in ("app-set-limits", "app-rotate-secret", "app-delete"):
+        p[name].add_argument("--app_id", "--app-id", dest="app_id", required=True)
+    p["image-create"].add_argument("--name", required=True)
+    p["image-create"].add_argument("--description", default="")
+    p["image-create"].add_argument("--url", default="", help="the registry (docker index) URL")
+    p["image-create"].add_argument("--docker-image", "--docker_image", dest="docker_image", required=True,
+                                   help="the Docker image reference, e.g. opendevelop/base:latest")
+    p["image-create"].add_argument("--disabled", action="store_true", help="register it disabled")
+    p["image-create"].add_argument("--replace", action="store_true", help="overwrite an image of that name")
+    p["image-delete"].add_argument("--name", required=True)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        print(f"manage.py: configuration: {e}", file=sys.stderr)
+        return 2
+    models.configure(settings)
+    fn, _ = COMMANDS[args.command]
+    try:
+        fn(args, settings)
+    except OpenDevelopError as e:
+        print(f"manage.py {args.command}: {e.message}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a transport error must read as one line, not a traceback
+        name = type(e).__name__
+        if "Connect" in name or "Endpoint" in name or "Timeout" in name:
+            print(f"manage.py {args.command}: cannot reach the AWS endpoint "
+                  f"({settings.aws_endpoint_url or 'AWS'}); is the local stack running (make dev)?", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
