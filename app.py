@@ -76,14 +76,16 @@ def list_sandboxes() -> Any:
     params = app.current_request.query_params or {}  # type: ignore[union-attr]
     limit = sandboxes.parse_page_size(params.get("limit"))
     items, cursor = sandboxes.list_page(owner, limit, params.get("cursor"))
-    return {"sandboxes": [sandboxes.to_json(s) for s in items], "next": cursor}
+    return {"sandboxes": [sandboxes.to_json(s, settings()) for s in items], "next": cursor}
 
 
 @app.route("/api/sandboxes/{sandbox_id}", methods=["GET"])
 @api_view
 def show_sandbox(sandbox_id: str) -> Any:
     owner = current_app()
-    return sandboxes.to_json(sandboxes.get(owner, sandbox_id))
+    params = app.current_request.query_params or {}  # type: ignore[union-attr]
+    wait_s = sandboxes.parse_wait(params.get("wait"))
+    return sandboxes.to_json(sandboxes.wait_settled(owner, sandbox_id, wait_s), settings())
 
 
 @app.route("/api/sandboxes", methods=["POST"], content_types=["*/*"])

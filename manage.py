@@ -4,7 +4,8 @@
     ./manage.py server-create --name=local --url=unix:///var/run/docker.sock --buckets=/var/tmp/opendevelop
     ./manage.py user-create --username=sourcelair --email=opendevelop@sourcelair.com --passwd=123 --organization
     ./manage.py app-create --app_name=myapp --username=sourcelair
-    ./manage.py image-create --name=base --description="Debian + Python 3" --url="" --docker-image=opendevelop/base:latest
+    ./manage.py image-create --name=base --description="Debian + Python 3" --url="" \
+        --docker-image=opendevelop/base:latest
 
 It finds the project's virtualenv (.venv) by itself and, with no environment
 set, talks to the local stack that ``make dev`` runs.  ``./manage.py -h`` and
@@ -65,14 +66,18 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 @command("init", "create the stage's tables and bucket where missing")
 def init(args: argparse.Namespace, settings: Settings) -> None:
     created = admin.init(settings)
-    out(args, {"created_tables": created, "bucket": settings.bucket},
-        f"tables ready ({len(created)} created), bucket {settings.bucket} ready")
+    out(
+        args,
+        {"created_tables": created, "bucket": settings.bucket},
+        f"tables ready ({len(created)} created), bucket {settings.bucket} ready",
+    )
 
 
 @command("server-create", "register a Docker server and create its queue")
 def server_create(args: argparse.Namespace, settings: Settings) -> None:
-    server = admin.server_create(settings, args.name, args.url, args.buckets, args.slots, args.runtime,
-                                 args.network, replace=args.replace)
+    server = admin.server_create(
+        settings, args.name, args.url, args.buckets, args.slots, args.runtime, args.network, replace=args.replace
+    )
     out(args, admin.describe(server), f"server {server.name} registered ({server.url}), queue {server.queue_url}")
 
 
@@ -124,11 +129,22 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 @command("app-create", "create an app; prints its id and secret (the secret only this once)")
 def app_create(args: argparse.Namespace, settings: Settings) -> None:
-    app, secret = admin.app_create(args.app_name, args.username, app_id=args.app_id, secret=args.secret,
-                                   settings=settings, limits=_limits(args), network=args.network)
+    app, secret = admin.app_create(
+        args.app_name,
+        args.username,
+        app_id=args.app_id,
+        secret=args.secret,
+        settings=settings,
+        limits=_limits(args),
+        network=args.network,
+    )
     data = {**admin.describe(app), "secret": secret}
-    out(args, data, f"app {app.name} created\napp id: {app.app_id}\nsecret: {secret}\n"
-        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)")
+    out(
+        args,
+        data,
+        f"app {app.name} created\napp id: {app.app_id}\nsecret: {secret}\n"
+        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)",
+    )
 
 
 @command("app-list", "list apps (of one user with --username)")
@@ -158,8 +174,9 @@ def app_delete(args: argparse.Namespace, settings: Settings) -> None:
 
 @command("image-create", "register an image sandboxes can use")
 def image_create(args: argparse.Namespace, settings: Settings) -> None:
-    image = admin.image_create(args.name, args.docker_image, args.description, args.url,
-                               enabled=not args.disabled, replace=args.replace)
+    image = admin.image_create(
+        args.name, args.docker_image, args.description, args.url, enabled=not args.disabled, replace=args.replace
+    )
     out(args, admin.describe(image), f"image {image.name} registered ({image.docker_image})")
 
 
@@ -183,11 +200,13 @@ def parser() -> argparse.ArgumentParser:
         p[name] = subs.add_parser(name, help=help_text, description=help_text)
         p[name].add_argument("--json", action="store_true", help="print JSON")
     p["server-create"].add_argument("--name", required=True, help="the server's name")
-    p["server-create"].add_argument("--url", required=True,
-                                    help="Docker API URL: unix:///var/run/docker.sock, tcp://h:p, ssh://user@h[:p]")
+    p["server-create"].add_argument(
+        "--url", required=True, help="Docker API URL: unix:///var/run/docker.sock, tcp://h:p, ssh://user@h[:p]"
+    )
     p["server-create"].add_argument("--buckets", default="", help="scratch folder on the server (informational)")
-    p["server-create"].add_argument("--slots", type=int, default=os.cpu_count() or 2,
-                                    help="sandboxes run at once (default: this machine's cores)")
+    p["server-create"].add_argument(
+        "--slots", type=int, default=os.cpu_count() or 2, help="sandboxes run at once (default: this machine's cores)"
+    )
     p["server-create"].add_argument("--runtime", default="runc", choices=admin.RUNTIMES)
     p["server-create"].add_argument("--network", action="store_true", help="allow sandboxes network access")
     p["server-create"].add_argument("--replace", action="store_true", help="overwrite a server of that name")
@@ -205,8 +224,7 @@ def parser() -> argparse.ArgumentParser:
     p["app-list"].add_argument("--username")
     for name in ("app-create", "app-set-limits"):
         for limit in LIMIT_FIELDS:
-            p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit,
-                                 help=f"ceiling for {limit}")
+            p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit, help=f"ceiling for {limit}")
     p["app-create"].add_argument("--network", action="store_true", help="sandboxes may ask for network access")
     p["app-set-limits"].add_argument("--network", action=argparse.BooleanOptionalAction, default=None)
     for name in ("app-set-limits", "app-rotate-secret", "app-delete"):
@@ -214,8 +232,13 @@ def parser() -> argparse.ArgumentParser:
     p["image-create"].add_argument("--name", required=True)
     p["image-create"].add_argument("--description", default="")
     p["image-create"].add_argument("--url", default="", help="the registry (docker index) URL")
-    p["image-create"].add_argument("--docker-image", "--docker_image", dest="docker_image", required=True,
-                                   help="the Docker image reference, e.g. opendevelop/base:latest")
+    p["image-create"].add_argument(
+        "--docker-image",
+        "--docker_image",
+        dest="docker_image",
+        required=True,
+        help="the Docker image reference, e.g. opendevelop/base:latest",
+    )
     p["image-create"].add_argument("--disabled", action="store_true", help="register it disabled")
     p["image-create"].add_argument("--replace", action="store_true", help="overwrite an image of that name")
     p["image-delete"].add_argument("--name", required=True)
@@ -239,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a transport error must read as one line, not a traceback
         name = type(e).__name__
         if "Connect" in name or "Endpoint" in name or "Timeout" in name:
-            print(f"manage.py {args.command}: cannot reach the AWS endpoint "
-                  f"({settings.aws_endpoint_url or 'AWS'}); is the local stack running (make dev)?", file=sys.stderr)
+            print(
+                f"manage.py {args.command}: cannot reach the AWS endpoint "
+                f"({settings.aws_endpoint_url or 'AWS'}); is the local stack running (make dev)?",
+                file=sys.stderr,
+            )
             return 1
         raise
     return 0

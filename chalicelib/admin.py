@@ -27,7 +27,9 @@ SERVER_STATES = ("active", "draining", "disabled")
 
 def _name(field: str, value: str) -> str:
     if not NAME.match(value or ""):
-        raise InvalidInput(field, f"{value!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise InvalidInput(
+            field, f"{value!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -62,7 +64,7 @@ def user_create(username: str, email: str, password: str, organization: bool = F
 
 
 def user_delete(username: str) -> None:
-    user = _get(User, username, "user")
+    user = _get(User, username, "user", field="username")
     owned = list(App.by_owner.query(username, limit=1))
     if owned:
         raise InvalidInput("username", f"user {username!r} still owns apps; delete them first")
@@ -72,9 +74,15 @@ def user_delete(username: str) -> None:
 # Apps
 
 
-def app_create(name: str, username: str, app_id: str | None = None, secret: str | None = None,
-               settings: Settings | None = None, limits: dict[str, Any] | None = None,
-               network: bool = False) -> tuple[App, str]:
+def app_create(
+    name: str,
+    username: str,
+    app_id: str | None = None,
+    secret: str | None = None,
+    settings: Settings | None = None,
+    limits: dict[str, Any] | None = None,
+    network: bool = False,
+) -> tuple[App, str]:
     """Create an app; return it with its secret, which is shown this once and never stored."""
     assert settings is not None
     if not name or not name.strip():
@@ -86,8 +94,14 @@ def app_create(name: str, username: str, app_id: str | None = None, secret: str 
     secret = secret or new_secret()
     if len(secret) < 16:
         raise InvalidInput("secret", "must be at least 16 characters")
-    app = App(app_id, name=name.strip(), owner=username, secret_hash=secret_digest(settings.hmac_key, secret),
-              limits=check_limits(limits or {}, settings), network=network)
+    app = App(
+        app_id,
+        name=name.strip(),
+        owner=username,
+        secret_hash=secret_digest(settings.hmac_key, secret),
+        limits=check_limits(limits or {}, settings),
+        network=network,
+    )
     _create(app, "app", app_id)
     return app, secret
 
@@ -129,13 +143,15 @@ def app_delete(app_id: str) -> None:
 # Images
 
 
-def image_create(name: str, docker_image: str, description: str = "", url: str = "", enabled: bool = True,
-                 replace: bool = False) -> Image:
+def image_create(
+    name: str, docker_image: str, description: str = "", url: str = "", enabled: bool = True, replace: bool = False
+) -> Image:
     _name("name", name)
     if not docker_image or any(c.isspace() for c in docker_image):
         raise InvalidInput("docker-image", f"{docker_image!r} is not a Docker image reference")
-    image = Image(name, description=description or "", docker_image=docker_image, registry_url=url or "",
-                  enabled=enabled)
+    image = Image(
+        name, description=description or "", docker_image=docker_image, registry_url=url or "", enabled=enabled
+    )
     if replace:
         image.save()
     else:
@@ -150,8 +166,16 @@ def image_delete(name: str) -> None:
 # Docker servers
 
 
-def server_create(settings: Settings, name: str, url: str, buckets: str = "", slots: int = 2,
-                  runtime: str = "runc", network: bool = False, replace: bool = False) -> DockerServer:
+def server_create(
+    settings: Settings,
+    name: str,
+    url: str,
+    buckets: str = "",
+    slots: int = 2,
+    runtime: str = "runc",
+    network: bool = False,
+    replace: bool = False,
+) -> DockerServer:
     _name("name", name)
     if not DOCKER_URL.match(url or ""):
         raise InvalidInput("url", f"{url!r} must be unix:///path, tcp://host:port or ssh://user@host[:port]")
@@ -162,8 +186,17 @@ def server_create(settings: Settings, name: str, url: str, buckets: str = "", sl
     if not replace and _exists(DockerServer, name):
         raise AlreadyExists(f"server {name!r} already exists")
     queue_url, dlq_url = aws.create_server_queue(settings, name)
-    server = DockerServer(name, url=url, buckets=buckets or "", queue_url=queue_url, dlq_url=dlq_url,
-                          slots=int(slots), runtime=runtime, network=network, state="active")
+    server = DockerServer(
+        name,
+        url=url,
+        buckets=buckets or "",
+        queue_url=queue_url,
+        dlq_url=dlq_url,
+        slots=int(slots),
+        runtime=runtime,
+        network=network,
+        state="active",
+    )
     if replace:
         server.save()
     else:

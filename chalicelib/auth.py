@@ -48,7 +48,10 @@ def password_matches(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32)
+    try:
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32)
+    except ValueError:  # a corrupt stored hash (bad hex, bad parameters) matches nothing
+        return False
     return hmac.compare_digest(got.hex(), dk)
 
 

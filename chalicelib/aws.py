@@ -20,7 +20,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib.errors import Unavailable
 from chalicelib.settings import Settings
 
-
 _CONFIG = Config(
     connect_timeout=5,
     read_timeout=30,  # > the 20 s SQS long poll
@@ -133,5 +132,3 @@ def delete_objects(settings: Settings, keys: list[str]) -> None:
     if keys:
         with translated("deleting files"):
             s3(settings).delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
-
-

@@ -6,7 +6,7 @@ Table names depend on the stage, so the models are bound to their tables by
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pynamodb.attributes import (
@@ -27,7 +27,7 @@ FINAL_STATES = ("terminated", "error", "cancelled")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Base(Model):
@@ -152,17 +152,28 @@ MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
 
 
 def configure(settings: Settings) -> None:
-    """Bind every model to its stage's table and endpoint."""
+    """Bind every model to its stage's table and endpoint.
+
+    Binding a model again to the same table keeps its open connection: a new
+    one costs a botocore client (about 50 ms), and a process may configure more
+    than once (the admin command line per command, the functional tests per test).
+    """
     for model in MODELS:
         meta: Any = model.Meta
-        meta.table_name = f"{settings.table_prefix}-{meta.suffix}"
-        meta.region = settings.region
-        meta.host = settings.aws_endpoint_url
-        meta.aws_access_key_id = settings.aws_access_key_id
-        meta.aws_secret_access_key = settings.aws_secret_access_key
-        meta.connect_timeout_seconds = 5
-        meta.read_timeout_seconds = 10
-        meta.max_retry_attempts = 3
+        binding = {
+            "table_name": f"{settings.table_prefix}-{meta.suffix}",
+            "region": settings.region,
+            "host": settings.aws_endpoint_url,
+            "aws_access_key_id": settings.aws_access_key_id,
+            "aws_secret_access_key": settings.aws_secret_access_key,
+            "connect_timeout_seconds": 5,
+            "read_timeout_seconds": 10,
+            "max_retry_attempts": 3,
+        }
+        if model._connection is not None and all(getattr(meta, k, None) == v for k, v in binding.items()):
+            continue
+        for name, value in binding.items():
+            setattr(meta, name, value)
         model._connection = None
 
 

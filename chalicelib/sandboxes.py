@@ -16,7 +16,7 @@ from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.errors import InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
 from chalicelib.logs import log
-from chalicelib.models import App, Image, Sandbox
+from chalicelib.models import FINAL_STATES, App, Image, Sandbox
 from chalicelib.scheduling import choose_server
 from chalicelib.settings import Settings
 from chalicelib.validation import SandboxRequest, resolve_limits
@@ -59,17 +59,24 @@ def db_errors() -> Any:
 
 
 def authenticate(settings: Settings, header: str | None) -> App:
+    """The app whose id and secret the header carries, or ``Unauthorized``.
+
+    App rows are cached for a few seconds.  A secret that does not match the
+    cached row is checked again against a fresh read, so a rotated secret works
+    at once (the old one keeps working until the cached row expires).
+    """
     app_id, secret = parse_basic(header)
-    app = _apps.get(app_id)
-    if app is None:
-        try:
-            with db_errors():
-                app = App.get(app_id)
-        except DoesNotExist:
-            raise Unauthorized("unknown app id or wrong secret") from None
-        except PynamoDBException as e:
-            raise Unavailable(f"reading the app: {e}") from e
-        _apps.put(app_id, app)
+    cached = _apps.get(app_id)
+    if cached is not None and secret_matches(settings.hmac_key, secret, cached.secret_hash):
+        return cached
+    try:
+        with db_errors():
+            app = App.get(app_id)
+    except DoesNotExist:
+        raise Unauthorized("unknown app id or wrong secret") from None
+    except PynamoDBException as e:
+        raise Unavailable(f"reading the app: {e}") from e
+    _apps.put(app_id, app)
     if not secret_matches(settings.hmac_key, secret, app.secret_hash):
         raise Unauthorized("unknown app id or wrong secret")
     return app
@@ -136,8 +143,15 @@ def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
     except (PynamoDBException, Unavailable) as e:
         _undo(settings, sandbox)
         raise Unavailable(f"storing the sandbox: {e}") from e
-    log(logger, "sandbox.created", sandbox_id=sandbox_id, app_id=app.app_id, server=server.name,
-        files=len(req.files), bytes=len(payload))
+    log(
+        logger,
+        "sandbox.created",
+        sandbox_id=sandbox_id,
+        app_id=app.app_id,
+        server=server.name,
+        files=len(req.files),
+        bytes=len(payload),
+    )
     return sandbox
 
 
@@ -152,6 +166,34 @@ def _undo(settings: Settings, sandbox: Sandbox) -> None:
             aws.delete_objects(settings, [sandbox.files_key])
         except Exception:  # noqa: BLE001
             logger.exception("undo: could not delete files of %s", sandbox.sandbox_id)
+
+
+MAX_WAIT_S = 20
+
+
+def parse_wait(raw: str | None) -> float:
+    """``?wait=N``: hold the request until the sandbox is settled or N seconds (at most 20) pass."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput("wait", f"{raw!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_WAIT_S or value != value:
+        raise InvalidInput("wait", f"must be between 0 and {MAX_WAIT_S} seconds")
+    return value
+
+
+def wait_settled(app: App, sandbox_id: str, wait_s: float) -> Sandbox:
+    """The sandbox, once it has left queued/running or ``wait_s`` has passed."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        sandbox = get(app, sandbox_id)
+        if sandbox.status in FINAL_STATES or time.monotonic() + delay > deadline:
+            return sandbox
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:
@@ -212,8 +254,18 @@ def _iso(dt: Any) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-def to_json(sb: Sandbox) -> dict[str, Any]:
-    """A sandbox as the API shows it: the original fields first, then ours."""
+def to_json(sb: Sandbox, settings: Settings | None = None) -> dict[str, Any]:
+    """A sandbox as the API shows it: the original fields first, then ours.
+
+    Output too large for the row lives in S3 (``output_key``) and is read back
+    whole here, so clients never see the difference.
+    """
+    stdout: str | None = sb.stdout
+    stderr: str | None = sb.stderr
+    logs: str | None = sb.logs
+    if sb.output_key and settings is not None:
+        output = json.loads(aws.get_object(settings, sb.output_key))
+        stdout, stderr, logs = output["stdout"] or None, output["stderr"] or None, output["logs"]
     duration = None
     if sb.started_at and sb.finished_at:
         duration = int((sb.finished_at - sb.started_at).total_seconds() * 1000)
@@ -224,9 +276,9 @@ def to_json(sb: Sandbox) -> dict[str, Any]:
         "image": sb.image,
         "cmd": json.dumps(list(sb.cmd)),
         "return_code": None if sb.return_code is None else int(sb.return_code),
-        "logs": sb.logs,
-        "stdout": sb.stdout,
-        "stderr": sb.stderr,
+        "logs": logs,
+        "stdout": stdout,
+        "stderr": stderr,
         "timeout": limits.get("timeout"),
         "limits": limits,
         "timed_out": bool(sb.timed_out),

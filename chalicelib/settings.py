@@ -11,12 +11,17 @@ Decisions worth knowing:
   moto's dummy ones, and the HMAC key for app secrets to a random key kept in
   ``.opendevelop/hmac.key`` in the checkout (generated on first use, never
   committed).  Any other stage must be given ``OPENDEVELOP_HMAC_KEY``.
+* ``OPENDEVELOP_AWS_ENDPOINT_URL`` wins over boto3's ``AWS_ENDPOINT_URL``.  The
+  value ``none`` means "pass no endpoint": boto3 resolves it the usual way
+  (real AWS, or an in-process mock such as ``moto.mock_aws`` in the functional
+  tests), even in the local stage.
 * Limits come as a default and a ceiling.  A request may ask for less or more
   than the default, but never above the ceiling (a 400, never a clamp).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -67,11 +72,14 @@ class Settings:
         if not stage.replace("-", "").replace("_", "").isalnum():
             raise SettingsError(f"OPENDEVELOP_STAGE: {stage!r} may hold only letters, digits, '-' and '_'")
         local = stage == "local"
-        endpoint = env.get("OPENDEVELOP_AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL")
-        if endpoint is None and local:
+        endpoint_var = "OPENDEVELOP_AWS_ENDPOINT_URL" if env.get("OPENDEVELOP_AWS_ENDPOINT_URL") else "AWS_ENDPOINT_URL"
+        endpoint = env.get(endpoint_var) or None
+        if endpoint is not None and endpoint.strip().lower() == "none":
+            endpoint = None  # boto3's own resolution: real AWS, or an in-process mock
+        elif endpoint is None and local:
             endpoint = LOCAL_ENDPOINT
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise SettingsError(f"AWS_ENDPOINT_URL: {endpoint!r} is not an http(s) URL")
+            raise SettingsError(f"{endpoint_var}: {endpoint!r} is not an http(s) URL")
         key_id = env.get("AWS_ACCESS_KEY_ID") or ("testing" if local else None)
         key_secret = env.get("AWS_SECRET_ACCESS_KEY") or ("testing" if local else None)
         prefix = env.get("OPENDEVELOP_TABLE_PREFIX", f"opendevelop-{stage}")
@@ -138,7 +146,9 @@ def _number(env: Mapping[str, str], var: str, default: float, minimum: float, in
     except ValueError:
         kind = "a whole number" if integer else "a number"
         raise SettingsError(f"{var}: {raw!r} is not {kind}") from None
-    if value < minimum or value != value:
+    if not math.isfinite(value):  # float() takes "nan" and "inf"; neither is a usable limit
+        raise SettingsError(f"{var}: {raw!r} is not a finite number")
+    if value < minimum:
         raise SettingsError(f"{var}: {raw!r} is below the minimum {minimum}")
     return value
 

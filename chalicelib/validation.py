@@ -253,7 +253,9 @@ def parse_limit(name: str, raw: Any, settings: Settings) -> float:
     return int(value) if limit.integer else float(value)
 
 
-def resolve_limits(requested: Mapping[str, float], app_ceilings: Mapping[str, Any], settings: Settings) -> dict[str, float]:
+def resolve_limits(
+    requested: Mapping[str, float], app_ceilings: Mapping[str, Any], settings: Settings
+) -> dict[str, float]:
     """Defaults filled in; anything above the app's or the global ceiling is a 400."""
     out: dict[str, float] = {}
     for name in LIMIT_FIELDS:

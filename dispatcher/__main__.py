@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as e:
         print(f"dispatcher: cannot reach the Docker engine at {url}: {e}", file=sys.stderr)
         return 1
-    runner = Runner(client, server.name, runtime=server.runtime, user=config.user, tmp_mb=config.tmp_mb,
-                    nofile=config.nofile)
+    runner = Runner(
+        client, server.name, runtime=server.runtime, user=config.user, tmp_mb=config.tmp_mb, nofile=config.nofile
+    )
     dispatcher = Dispatcher(settings, config, server, runner)
     dispatcher.install_signal_handlers()
     dispatcher.serve()

@@ -40,7 +40,7 @@ WORKDIR = "/sandbox"
 # that much, so whatever follows on stdin is the program's own.
 PROLOGUE = (
     'if [ "$1" -gt 0 ]; then head -c "$1" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
-    'cd ' + WORKDIR + ' && exec /bin/sh -c "$2"'
+    "cd " + WORKDIR + ' && exec /bin/sh -c "$2"'
 )
 READ_CHUNK = 64 * 1024
 
@@ -127,7 +127,7 @@ def _demux(raw: Any, capture: _Capture) -> None:
             take = view[:remaining]
             capture.add(stream, take.tobytes())
             remaining -= len(take)
-            view = view[len(take):]
+            view = view[len(take) :]
 
 
 def _send_input(raw: Any, payload: bytes) -> None:
@@ -147,8 +147,15 @@ def _send_input(raw: Any, payload: bytes) -> None:
 class Runner:
     """Runs sandboxes on one Docker engine.  Thread-safe: one call to ``run`` per slot."""
 
-    def __init__(self, client: docker.APIClient, server: str, runtime: str = "runc", user: str = "1000:1000",
-                 tmp_mb: int = 64, nofile: int = 256) -> None:
+    def __init__(
+        self,
+        client: docker.APIClient,
+        server: str,
+        runtime: str = "runc",
+        user: str = "1000:1000",
+        tmp_mb: int = 64,
+        nofile: int = 256,
+    ) -> None:
         self.api = client
         self.server = server
         self.runtime = runtime
@@ -266,7 +273,7 @@ class Runner:
             writer.start()
             try:
                 _demux(raw, capture)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 timed_out.set()
                 self.kill(cid)
             finally:

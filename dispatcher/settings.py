@@ -25,8 +25,9 @@ class DispatcherSettings:
     instance: str = ""
 
     @classmethod
-    def from_env(cls, server: str | None = None, environ: Mapping[str, str] | None = None,
-                 slots: int | None = None) -> DispatcherSettings:
+    def from_env(
+        cls, server: str | None = None, environ: Mapping[str, str] | None = None, slots: int | None = None
+    ) -> DispatcherSettings:
         env = os.environ if environ is None else environ
         server = server or env.get("OPENDEVELOP_SERVER")
         if not server:

@@ -16,17 +16,18 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.expressions.update import Action
 
 from chalicelib import aws
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
 from chalicelib.settings import Settings
-from dispatcher.runner import LABEL_SANDBOX, PlatformError, RunResult, Runner, RunSpec
+from dispatcher.runner import LABEL_SANDBOX, PlatformError, Runner, RunResult, RunSpec
 from dispatcher.settings import DispatcherSettings
 
 logger = logging.getLogger("opendevelop.dispatcher")
@@ -86,6 +87,10 @@ class Dispatcher:
                     log(logger, "queue.unavailable", logging.WARNING, server=self.server.name, error=str(e))
                     messages = []
                     self.stopping.wait(2)
+                if self.stopping.is_set() and messages:
+                    # A stop came during the long poll: what it brought goes straight back.
+                    self._hand_back_messages(messages)
+                    messages = []
                 for _ in range(taken - len(messages)):
                     self.free.release()
                 for message in messages:
@@ -189,7 +194,7 @@ class Dispatcher:
         return RunSpec(
             sandbox_id=sandbox.sandbox_id,
             docker_image=sandbox.docker_image,
-            cmd=list(sandbox.cmd),
+            cmd=[str(line) for line in sandbox.cmd],
             timeout_s=float(limits.get("timeout", 10)),
             memory_mb=int(limits.get("memory_mb", 256)),
             cpus=float(limits.get("cpus", 1)),
@@ -224,20 +229,21 @@ class Dispatcher:
             except Unavailable as e:
                 raise PlatformError(f"storing the output: {e}") from e
             stdout = stderr = logs = ""
+        actions: list[Action] = [
+            Sandbox.status.set("terminated"),
+            Sandbox.return_code.set(result.return_code),
+            Sandbox.timed_out.set(result.timed_out),
+            Sandbox.oom_killed.set(result.oom_killed),
+            Sandbox.output_truncated.set(result.output_truncated),
+            Sandbox.finished_at.set(utcnow()),
+            Sandbox.logs.set(logs) if not output_key else Sandbox.logs.remove(),
+            Sandbox.output_key.set(output_key) if output_key else Sandbox.output_key.remove(),
+        ]
+        for attribute, value in ((Sandbox.stdout, stdout), (Sandbox.stderr, stderr)):
+            actions.append(attribute.set(value) if value else attribute.remove())
         try:
             sandbox.update(
-                actions=[
-                    Sandbox.status.set("terminated"),
-                    Sandbox.return_code.set(result.return_code),
-                    Sandbox.stdout.set(stdout or None) if not output_key else Sandbox.stdout.remove(),
-                    Sandbox.stderr.set(stderr or None) if not output_key else Sandbox.stderr.remove(),
-                    Sandbox.logs.set(logs) if not output_key else Sandbox.logs.remove(),
-                    Sandbox.output_key.set(output_key) if output_key else Sandbox.output_key.remove(),
-                    Sandbox.timed_out.set(result.timed_out),
-                    Sandbox.oom_killed.set(result.oom_killed),
-                    Sandbox.output_truncated.set(result.output_truncated),
-                    Sandbox.finished_at.set(utcnow()),
-                ],
+                actions=actions,
                 condition=(Sandbox.status == "running") & (Sandbox.server == self.server.name),
             )
         except UpdateError as e:
@@ -248,10 +254,19 @@ class Dispatcher:
         except PynamoDBException as e:
             raise PlatformError(f"recording the result: {e}") from e
         self.runs += 1
-        log(logger, "sandbox.terminated", sandbox_id=sandbox.sandbox_id, server=self.server.name,
-            app_id=sandbox.app_id, return_code=result.return_code, timed_out=result.timed_out,
-            oom_killed=result.oom_killed, stdout_bytes=len(result.stdout), stderr_bytes=len(result.stderr),
-            duration_ms=int(result.duration_s * 1000))
+        log(
+            logger,
+            "sandbox.terminated",
+            sandbox_id=sandbox.sandbox_id,
+            server=self.server.name,
+            app_id=sandbox.app_id,
+            return_code=result.return_code,
+            timed_out=result.timed_out,
+            oom_killed=result.oom_killed,
+            stdout_bytes=len(result.stdout),
+            stderr_bytes=len(result.stderr),
+            duration_ms=int(result.duration_s * 1000),
+        )
 
     def _give_back_or_fail(self, sandbox: Sandbox, reason: str, transient: bool) -> bool:
         """After a platform failure: re-queue (message kept) or mark ``error``.  True: delete the message."""
@@ -260,8 +275,7 @@ class Dispatcher:
         try:
             if final:
                 sandbox.update(
-                    actions=[Sandbox.status.set("error"), Sandbox.error.set(reason),
-                             Sandbox.finished_at.set(utcnow())],
+                    actions=[Sandbox.status.set("error"), Sandbox.error.set(reason), Sandbox.finished_at.set(utcnow())],
                     condition=(Sandbox.status == "running") & (Sandbox.server == self.server.name),
                 )
             else:
@@ -272,15 +286,34 @@ class Dispatcher:
         except PynamoDBException as e:
             log(logger, "sandbox.settle_failed", logging.ERROR, sandbox_id=sandbox.sandbox_id, error=str(e))
             return False  # the message comes back; recovery settles the row then
-        log(logger, "sandbox.error" if final else "sandbox.requeued", logging.WARNING,
-            sandbox_id=sandbox.sandbox_id, server=self.server.name, reason=reason, attempts=attempts)
+        log(
+            logger,
+            "sandbox.error" if final else "sandbox.requeued",
+            logging.WARNING,
+            sandbox_id=sandbox.sandbox_id,
+            server=self.server.name,
+            reason=reason,
+            attempts=attempts,
+        )
         return final
+
+    def _hand_back_messages(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            try:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.server.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
+            except (BotoCoreError, ClientError) as e:
+                log(logger, "queue.hand_back_failed", logging.WARNING, server=self.server.name, error=str(e))
 
     def _retry_soon(self, message: dict[str, Any], attempts: int) -> None:
         """Let a handed-back message come back after a short backoff instead of the full visibility timeout."""
         try:
-            self.sqs.change_message_visibility(QueueUrl=self.server.queue_url, ReceiptHandle=message["ReceiptHandle"],
-                                               VisibilityTimeout=min(2**attempts, 30))
+            self.sqs.change_message_visibility(
+                QueueUrl=self.server.queue_url,
+                ReceiptHandle=message["ReceiptHandle"],
+                VisibilityTimeout=min(2**attempts, 30),
+            )
         except (BotoCoreError, ClientError) as e:
             log(logger, "queue.backoff_failed", logging.WARNING, server=self.server.name, error=str(e))
 
@@ -294,8 +327,11 @@ class Dispatcher:
                 receipts = [v["receipt"] for v in self.inflight.values()]
             for receipt in receipts:
                 try:
-                    self.sqs.change_message_visibility(QueueUrl=self.server.queue_url, ReceiptHandle=receipt,
-                                                       VisibilityTimeout=self.config.visibility_s)
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.server.queue_url,
+                        ReceiptHandle=receipt,
+                        VisibilityTimeout=self.config.visibility_s,
+                    )
                 except (BotoCoreError, ClientError) as e:
                     log(logger, "queue.extend_failed", logging.WARNING, server=self.server.name, error=str(e))
 
@@ -308,14 +344,17 @@ class Dispatcher:
             self.stopping.wait(self.config.heartbeat_s)
 
     def _beat(self, images: bool = False) -> None:
-        actions = [
-            DockerServer.last_heartbeat.set(None if self.stopping.is_set() else utcnow()),
+        actions: list[Action] = [
+            # A stopped dispatcher clears its heartbeat so the API stops choosing it at once.
+            DockerServer.last_heartbeat.remove()
+            if self.stopping.is_set()
+            else DockerServer.last_heartbeat.set(utcnow()),
             DockerServer.running.set(len(self.inflight)),
             DockerServer.slots.set(self.slots),
         ]
         try:
             if images:
-                actions.append(DockerServer.images.set(self.runner.local_images()))
+                actions.append(DockerServer.images.set(cast(Any, self.runner.local_images())))
             self.server.update(actions=actions)
         except Exception as e:  # noqa: BLE001 - a missed beat is retried on the next one
             log(logger, "heartbeat.failed", logging.WARNING, server=self.server.name, error=str(e))
@@ -335,8 +374,9 @@ class Dispatcher:
             if sandbox_id:
                 self._requeue_orphan(sandbox_id, "the dispatcher stopped while the sandbox ran")
         try:
-            orphans = [s.sandbox_id for s in Sandbox.scan(
-                (Sandbox.status == "running") & (Sandbox.server == self.server.name))]
+            orphans = [
+                s.sandbox_id for s in Sandbox.scan((Sandbox.status == "running") & (Sandbox.server == self.server.name))
+            ]
         except PynamoDBException as e:
             log(logger, "recover.scan_failed", logging.WARNING, server=self.server.name, error=str(e))
             orphans = []

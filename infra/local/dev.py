@@ -9,6 +9,11 @@ is restarted.  Ctrl-C (or SIGTERM) stops every process it started.
 moto keeps its data in memory, so each ``make dev`` starts with empty tables;
 the demo app keeps the same id and secret (``.opendevelop/demo-app.json``) so
 the printed curl command keeps working.
+
+Environment (all optional): ``OPENDEVELOP_AWS_PORT`` (5000),
+``OPENDEVELOP_API_PORT`` (8000), ``OPENDEVELOP_STATE_DIR`` (``.opendevelop``:
+demo app, HMAC key, logs) and ``OPENDEVELOP_SERVER`` (``local``: the Docker
+server's name, which labels its containers).
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from infra.local.stack import Stack
+from infra.local.stack import ROOT, Stack
 
 BANNER = """
 OpenDevelop is running.
   API         {api}   (chalice local, stage "local")
   AWS         {aws}   (moto: DynamoDB, SQS, S3)
-  dispatcher  server "local" on unix:///var/run/docker.sock
+  dispatcher  server "{server}" on unix:///var/run/docker.sock
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
@@ -41,10 +47,15 @@ Ctrl-C stops everything.
 
 
 def main() -> int:
+    # The defaults are what the README shows; the variables let a second stack (the
+    # integration tests' smoke run) live beside a running `make dev` without sharing
+    # its ports, its state (demo app, logs) or its server's containers.
     stack = Stack(
         aws_port=int(os.environ.get("OPENDEVELOP_AWS_PORT", "5000")),
         api_port=int(os.environ.get("OPENDEVELOP_API_PORT", "8000")),
+        state_dir=Path(os.environ.get("OPENDEVELOP_STATE_DIR") or ROOT / ".opendevelop"),
     )
+    server = os.environ.get("OPENDEVELOP_SERVER") or "local"
     stack.log_dir = stack.state_dir / "logs"
     stopping = False
 
@@ -57,25 +68,29 @@ def main() -> int:
     started = time.monotonic()
     try:
         stack.start_aws()
-        demo = stack.bootstrap()
+        demo = stack.bootstrap(servers=(server,))
         stack.start_api()
-        stack.start_dispatcher("local", name="dispatcher")
-        print(BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, **demo), flush=True)
+        stack.start_dispatcher(server, name="dispatcher")
+        print(
+            BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, server=server, **demo), flush=True
+        )
         print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
         while not stopping:
             time.sleep(0.5)
             for name, proc in list(stack.procs.items()):
                 if proc.poll() is not None and not stopping:
-                    print(f"{name} exited with {proc.returncode}; restarting it (see {stack.log_dir}/{name}.log)",
-                          flush=True)
+                    print(
+                        f"{name} exited with {proc.returncode}; restarting it (see {stack.log_dir}/{name}.log)",
+                        flush=True,
+                    )
                     stack.procs.pop(name)
                     if name == "aws":
                         stack.start_aws()
-                        stack.bootstrap()
+                        stack.bootstrap(servers=(server,))
                     elif name == "api":
                         stack.start_api()
                     else:
-                        stack.start_dispatcher("local", name=name)
+                        stack.start_dispatcher(server, name=name)
     except RuntimeError as e:
         print(f"make dev: {e}", file=sys.stderr)
         return 1

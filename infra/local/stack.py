@@ -103,30 +103,52 @@ class Stack:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = self._logs[name] = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=self.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def start_aws(self) -> None:
         if port_open(self.aws_port):
-            raise RuntimeError(f"port {self.aws_port} is taken: is another local stack running? "
-                               "(stop it, or set OPENDEVELOP_AWS_PORT)")
+            raise RuntimeError(
+                f"port {self.aws_port} is taken: is another local stack running? (stop it, or set OPENDEVELOP_AWS_PORT)"
+            )
         proc = self.spawn("aws", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.aws_port)])
         wait_http(f"{self.aws_url}/moto-api/", 30, proc)
 
     def start_api(self) -> None:
         if port_open(self.api_port):
-            raise RuntimeError(f"port {self.api_port} is taken: is another local stack running? "
-                               "(stop it, or set OPENDEVELOP_API_PORT)")
-        proc = self.spawn("api", [str(VENV_BIN / "chalice"), "local", "--host", "127.0.0.1", "--port",
-                                  str(self.api_port), "--stage", "local", "--no-autoreload"])
+            raise RuntimeError(
+                f"port {self.api_port} is taken: is another local stack running? (stop it, or set OPENDEVELOP_API_PORT)"
+            )
+        proc = self.spawn(
+            "api",
+            [
+                str(VENV_BIN / "chalice"),
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--stage",
+                "local",
+                "--no-autoreload",
+            ],
+        )
         wait_http(f"{self.api_url}/api/images", 60, proc)
 
-    def start_dispatcher(self, server: str = "local", name: str | None = None, extra: list[str] | None = None
-                         ) -> subprocess.Popen[bytes]:
-        return self.spawn(name or f"dispatcher-{server}",
-                          [sys.executable, "-m", "dispatcher", "--server", server, *(extra or [])])
+    def start_dispatcher(
+        self, server: str = "local", name: str | None = None, extra: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        return self.spawn(
+            name or f"dispatcher-{server}", [sys.executable, "-m", "dispatcher", "--server", server, *(extra or [])]
+        )
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
         proc = self.procs.pop(name, None)
@@ -169,8 +191,13 @@ class Stack:
         demo = self.demo_credentials()
         if not User.count(hash_key="demo"):
             User("demo", email="demo@localhost", password_hash="!", organization=False).save()
-        App(demo["app_id"], name="demo", owner="demo", secret_hash=secret_digest(settings.hmac_key, demo["secret"]),
-            limits={}).save()
+        App(
+            demo["app_id"],
+            name="demo",
+            owner="demo",
+            secret_hash=secret_digest(settings.hmac_key, demo["secret"]),
+            limits={},
+        ).save()
         return demo
 
     def demo_credentials(self) -> dict[str, str]:

@@ -1,0 +1,131 @@
+"""Speaking to the integration stack like a user, and small waits that poll instead of sleeping."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dispatcher.runner import LABEL_SANDBOX, LABEL_SERVER
+from infra.local.stack import ROOT, Stack
+
+__all__ = ["ROOT", "Client", "RunningStack", "multipart", "remove_containers", "wait_for_text"]
+
+UNFINISHED = ("queued", "running")
+SLOTS = 2  # the test server's slots
+
+
+@dataclass
+class Client:
+    """The API as a user sees it: HTTP Basic with an app's id and secret."""
+
+    url: str
+    auth: tuple[str, str] | None
+
+    def post(self, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("auth", self.auth)
+        return requests.post(f"{self.url}/api/sandboxes", timeout=30, **kwargs)
+
+    def submit(
+        self,
+        cmd: list[str] | str,
+        files: dict[str, str | bytes] | None = None,
+        image: str = "base",
+        timeout: str | None = "10",
+        **fields: str,
+    ) -> str:
+        """POST a sandbox as multipart/form-data, as the original documentation does; return its id."""
+        response = self.post(files=multipart(cmd, files, image=image, timeout=timeout, **fields))
+        assert response.status_code == 201, f"{response.status_code}: {response.text}"
+        return str(response.json()["id"])
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("auth", self.auth)
+        return requests.get(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def sandbox(self, sandbox_id: str) -> dict[str, Any]:
+        response = self.get(f"/api/sandboxes/{sandbox_id}")
+        assert response.status_code == 200, f"{response.status_code}: {response.text}"
+        data: dict[str, Any] = response.json()
+        return data
+
+    def wait_done(self, sandbox_id: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll GET /api/sandboxes/{id} until its status leaves queued/running; return the sandbox."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.sandbox(sandbox_id)
+            if data["status"] not in UNFINISHED:
+                return data
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sandbox {sandbox_id} still {data['status']} after {timeout:g} s: {data}")
+            time.sleep(0.1)
+
+    def listed_ids(self) -> list[str]:
+        response = self.get("/api/sandboxes", params={"limit": "100"})
+        assert response.status_code == 200, f"{response.status_code}: {response.text}"
+        return [s["id"] for s in response.json()["sandboxes"]]
+
+
+def multipart(
+    cmd: list[str] | str | None, files: dict[str, str | bytes] | None = None, **fields: str | None
+) -> list[tuple[str, tuple[str | None, str | bytes]]]:
+    """``requests``' ``files=`` for a form: fields are parts without a filename, files parts with one."""
+    parts: list[tuple[str, tuple[str | None, str | bytes]]] = []
+    if cmd is not None:
+        parts.append(("cmd", (None, cmd if isinstance(cmd, str) else json.dumps(cmd))))
+    parts += [(name, (None, value)) for name, value in fields.items() if value is not None]
+    parts += [("file", (name, content)) for name, content in (files or {}).items()]
+    return parts
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    server: str  # the Docker server's name, which labels its containers
+    demo: dict[str, str]
+
+    @property
+    def client(self) -> Client:
+        return Client(self.stack.api_url, (self.demo["app_id"], self.demo["secret"]))
+
+    def boto(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, **self.stack.settings().boto_kwargs())
+
+    def queue_depth(self) -> int:
+        """Messages on the server's queue, visible or in flight."""
+        from chalicelib.aws import queue_name
+
+        sqs = self.boto("sqs")
+        url = sqs.get_queue_url(QueueName=queue_name(self.stack.settings(), self.server))["QueueUrl"]
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def remove_containers(docker_client: Any, server: str) -> list[str]:
+    """Remove what a dispatcher of ``server`` may have left; return the sandbox ids it belonged to."""
+    leftovers = docker_client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server}"})
+    for container in leftovers:
+        container.remove(force=True)
+    return [c.labels.get(LABEL_SANDBOX, "?") for c in leftovers]
+
+
+def wait_for_text(path: Path, text: str, timeout: float, proc: Any = None) -> str:
+    """Poll a log file until it contains ``text``; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before writing {text!r} to {path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} did not appear in {path} within {timeout:g} s")
+        time.sleep(0.1)
