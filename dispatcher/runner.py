@@ -193,6 +193,23 @@ class Runner:
     def container_name(self, sandbox_id: str) -> str:
         return f"od-{sandbox_id}"
 
+    def _host_pids(self, pids: int) -> int:
+        """The engine's pids limit.
+
+        Under runc it counts the program's processes.  Under gVisor it counts the
+        sandbox kernel's host threads (about 70 idle, and up to ~18 per process under a fork bomb), and
+        hitting it kills the whole sandbox, so there it is only a backstop and
+        ``nproc`` (which gVisor enforces per sandbox) is the real limit.
+        """
+        return 256 + 32 * pids if self.runtime == "runsc" else pids
+
+    def _ulimits(self, pids: int) -> list[Ulimit]:
+        limits = [Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)]
+        if self.runtime == "runsc":
+            # Under runc nproc would count every container's uid-1000 processes together.
+            limits.append(Ulimit(name="nproc", soft=pids, hard=pids))
+        return limits
+
     def create(self, spec: RunSpec) -> str:
         if not self.has_image(spec.docker_image):
             raise PlatformError(f"image {spec.docker_image} is not present on server {self.server}", transient=False)
@@ -210,8 +227,8 @@ class Runner:
             memswap_limit=f"{spec.memory_mb}m",
             mem_swappiness=0,
             nano_cpus=int(spec.cpus * 1e9),
-            pids_limit=spec.pids,
-            ulimits=[Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
+            pids_limit=self._host_pids(spec.pids),
+            ulimits=self._ulimits(spec.pids),
             shm_size="16m",
             ipc_mode="private",
             oom_score_adj=1000,  # under host memory pressure, sandboxes die first

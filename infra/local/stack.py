@@ -176,7 +176,9 @@ class Stack:
 
     # Data
 
-    def bootstrap(self, slots: int | None = None, servers: tuple[str, ...] = ("local",)) -> dict[str, str]:
+    def bootstrap(
+        self, slots: int | None = None, servers: tuple[str, ...] = ("local",), runtime: str = "runc"
+    ) -> dict[str, str]:
         """Tables, bucket, the base image, the servers and a demo app; returns the demo credentials."""
         from chalicelib import admin, models
         from chalicelib.auth import secret_digest
@@ -187,7 +189,9 @@ class Stack:
         admin.init(settings)
         admin.image_create("base", BASE_IMAGE, "Debian 12 with Python 3", "", replace=True)
         for server in servers:
-            admin.server_create(settings, server, DOCKER_URL, "", slots or os.cpu_count() or 2, replace=True)
+            admin.server_create(
+                settings, server, DOCKER_URL, "", slots or os.cpu_count() or 2, runtime=runtime, replace=True
+            )
         demo = self.demo_credentials()
         if not User.count(hash_key="demo"):
             User("demo", email="demo@localhost", password_hash="!", organization=False).save()

@@ -16,6 +16,7 @@ import secrets
 import sys
 import warnings
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,13 @@ def docker_client() -> Any:
     return client
 
 
-@pytest.fixture(scope="session")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, pytestconfig: pytest.Config
-) -> Iterator[RunningStack]:
-    name = f"it{secrets.token_hex(3)}"
-    base = tmp_path_factory.mktemp(name)
+@contextmanager
+def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLOTS) -> Iterator[RunningStack]:
+    """A whole local stack (moto, ``chalice local``, one dispatcher) for server ``name``; stopped on exit.
+
+    Tests that kill or disturb things build their own with this, so they never
+    disturb the session stack the other tests share.
+    """
     stack = Stack(
         aws_port=free_port(),
         api_port=free_port(),
@@ -71,19 +73,30 @@ def stack(
         # A short long-poll so the dispatcher's warm stop at teardown takes ~2 s, not 10.
         extra_env={"OPENDEVELOP_POLL_WAIT": "2"},
     )
-    pytestconfig.stash[STACK_KEY] = stack
     try:
         stack.start_aws()
-        demo = stack.bootstrap(slots=SLOTS, servers=(name,))
+        demo = stack.bootstrap(slots=slots, servers=(name,), runtime=runtime)
         stack.start_api()
         proc = stack.start_dispatcher(name)
         wait_for_text(base / "logs" / f"dispatcher-{name}.log", '"dispatcher.ready"', 30, proc)
         yield RunningStack(stack, name, demo)
     finally:
         stack.stop_all()
-        left = remove_containers(docker_client, name)
+        import docker
+
+        left = remove_containers(docker.DockerClient(base_url=DOCKER_URL, timeout=30), name)
         if left:  # the dispatcher should remove every container it made, whatever happened
             warnings.warn(f"removed containers the dispatcher left behind, of sandboxes {left}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, pytestconfig: pytest.Config
+) -> Iterator[RunningStack]:
+    name = f"it{secrets.token_hex(3)}"
+    with running_stack(tmp_path_factory.mktemp(name), name) as running:
+        pytestconfig.stash[STACK_KEY] = running.stack
+        yield running
 
 
 @pytest.fixture
