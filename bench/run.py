@@ -1,0 +1,255 @@
+"""``make bench``: the platform beside the raw Docker engine, measured in one run.
+
+Starts its own local stack (moto's server, ``chalice local``, one dispatcher)
+on free ports and prints, with ratios against the raw engine measured in the
+same run:
+
+* latency: the documented example through the HTTP API until the client sees
+  ``terminated`` (POST, then ``GET ?wait=20``), beside the same hardened
+  container run through the Docker SDK and through the ``docker`` CLI;
+* throughput: 200 sandboxes submitted at once at 2, 4 and 8 slots, beside the
+  raw engine at the same concurrency;
+* API: ``GET /api/sandboxes/{id}`` and the first page of ``GET /api/sandboxes``
+  with 100, 1,000 and 10,000 sandboxes stored;
+* memory: the dispatcher's peak RSS through the throughput runs and through a
+  200 MB output flood.
+
+Results go to ``bench/results/<time>.json`` with the machine's description.
+Medians are quoted: machines here are noisy.  Options: ``--quick`` for a
+smaller run, ``--latency-runs``, ``--throughput-runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
+from infra.local.stack import Stack, free_port  # noqa: E402
+
+TEST_PY = 'print("hello opendevelop!")\n'
+HELLO = "hello opendevelop!\n"
+
+
+class Bench:
+    def __init__(self, base: Path, slots: int) -> None:
+        self.name = f"bench{secrets.token_hex(2)}"
+        self.stack = Stack(aws_port=free_port(), api_port=free_port(), table_prefix=self.name,
+                           state_dir=base / "state", log_dir=base / "logs")
+        self.slots = slots
+        self.session = requests.Session()
+        self.docker = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
+
+    def start(self) -> None:
+        self.stack.start_aws()
+        demo = self.stack.bootstrap(slots=self.slots, servers=(self.name,))
+        self.session.auth = (demo["app_id"], demo["secret"])
+        self.app_id = demo["app_id"]
+        self.stack.start_api()
+        self.start_dispatcher(self.slots)
+
+    def start_dispatcher(self, slots: int) -> None:
+        self.stack.stop("dispatcher")
+        proc = self.stack.start_dispatcher(self.name, name="dispatcher", extra=["--slots", str(slots)])
+        log = self.stack.log_dir / "dispatcher.log"  # type: ignore[operator]
+        deadline = time.monotonic() + 30
+        while '"dispatcher.ready"' not in (log.read_text() if log.exists() else "").split("dispatcher.stopped")[-1]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the dispatcher did not start")
+            time.sleep(0.05)
+        # Wait for a heartbeat with the new slots so the API routes work to it.
+        time.sleep(0.5)
+
+    def dispatcher_peak_rss_mb(self) -> float:
+        pid = self.stack.procs["dispatcher"].pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+    def submit(self, cmd: str = '["python test.py"]', files: dict[str, str] | None = None, **fields: str) -> str:
+        parts: list[Any] = [("image", (None, "base")), ("cmd", (None, cmd)), ("timeout", (None, "30"))]
+        parts += [(k, (None, v)) for k, v in fields.items()]
+        parts += [("file", (n, c)) for n, c in (files if files is not None else {"test.py": TEST_PY}).items()]
+        response = self.session.post(f"{self.stack.api_url}/api/sandboxes", files=parts, timeout=60)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def wait(self, sandbox_id: str) -> dict[str, Any]:
+        while True:
+            response = self.session.get(f"{self.stack.api_url}/api/sandboxes/{sandbox_id}", params={"wait": "20"},
+                                        timeout=60)
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
+            if data["status"] not in ("queued", "running"):
+                return data
+
+    def one_run(self) -> float:
+        started = time.perf_counter()
+        done = self.wait(self.submit())
+        elapsed = time.perf_counter() - started
+        assert done["status"] == "terminated" and done["logs"] == HELLO, done
+        return elapsed
+
+
+def latency(bench: Bench, runs: int) -> dict[str, Any]:
+    bench.one_run()  # warm-up: the first run of each path pays for imports and connections
+    sdk_run(bench.docker)
+    cli_run()
+    platform_s, sdk_s, cli_s = [], [], []
+    for _ in range(runs):  # interleaved, so noise hits all three alike
+        platform_s.append(bench.one_run())
+        sdk_s.append(sdk_run(bench.docker))
+        cli_s.append(cli_run())
+    p, s, c = percentiles(platform_s), percentiles(sdk_s), percentiles(cli_s)
+    return {"platform": p, "raw_sdk": s, "raw_cli": c,
+            "ratio_p50_vs_sdk": p["p50"] / s["p50"], "ratio_p99_vs_sdk": p["p99"] / s["p99"],
+            "ratio_p50_vs_cli": p["p50"] / c["p50"]}
+
+
+def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for slots in slot_counts:
+        bench.start_dispatcher(slots)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            ids = list(pool.map(lambda _: bench.submit(), range(runs)))
+            results = list(pool.map(bench.wait, ids))
+        platform_wall = time.perf_counter() - started
+        bad = [r for r in results if r["status"] != "terminated" or r["logs"] != HELLO]
+        rss = bench.dispatcher_peak_rss_mb()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=slots) as pool:
+            list(pool.map(lambda _: sdk_run(bench.docker), range(runs)))
+        raw_wall = time.perf_counter() - started
+        out[str(slots)] = {
+            "runs": runs, "platform_wall_s": platform_wall, "platform_runs_per_s": runs / platform_wall,
+            "raw_wall_s": raw_wall, "raw_runs_per_s": runs / raw_wall,
+            "ratio": (runs / platform_wall) / (runs / raw_wall), "failed": len(bad),
+            "failures": sorted({f"{r['status']}: {r['error'] or (r['logs'] or '')[:200]}" for r in bad})[:5],
+            "dispatcher_peak_rss_mb": rss,
+        }
+    return out
+
+
+def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, Any]:
+    """Seed rows straight into the table, then time GET one and the first page of the list."""
+    from chalicelib import models
+    from chalicelib.auth import new_id
+    from chalicelib.models import Sandbox
+
+    models.configure(bench.stack.settings())
+    stored = 0
+    out: dict[str, Any] = {}
+    for size in sizes:
+        with Sandbox.batch_write() as batch:
+            for _ in range(size - stored):
+                batch.save(Sandbox(new_id(), app_id=bench.app_id, image="base", docker_image="opendevelop/base:latest",
+                                   cmd=["python test.py"], status="terminated", return_code=0, logs=HELLO,
+                                   stdout=HELLO, limits={"timeout": 10}))
+        stored = size
+        one_id = next(iter(Sandbox.by_app.query(bench.app_id, limit=1))).sandbox_id
+        get_s, page_s = [], []
+        for _ in range(samples):
+            t = time.perf_counter()
+            bench.session.get(f"{bench.stack.api_url}/api/sandboxes/{one_id}", timeout=30).raise_for_status()
+            get_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            page = bench.session.get(f"{bench.stack.api_url}/api/sandboxes", timeout=30)
+            page.raise_for_status()
+            page_s.append(time.perf_counter() - t)
+        assert len(page.json()["sandboxes"]) == 50
+        out[str(size)] = {"get_p50_ms": statistics.median(get_s) * 1000, "list_page_p50_ms": statistics.median(page_s) * 1000}
+    return out
+
+
+def flood(bench: Bench) -> dict[str, Any]:
+    script = "import sys\nb = b'a' * (1 << 20)\nfor _ in range(200): sys.stdout.buffer.write(b)\n"
+    started = time.perf_counter()
+    done = bench.wait(bench.submit('["python flood.py"]', {"flood.py": script}, output_kb="1024"))
+    assert done["output_truncated"], done["status"]
+    return {"seconds": time.perf_counter() - started, "dispatcher_peak_rss_mb": bench.dispatcher_peak_rss_mb()}
+
+
+def machine() -> dict[str, Any]:
+    info = docker.from_env().info()
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "kernel": platform.release(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "docker": info.get("ServerVersion"), "cgroup": info.get("CgroupVersion"),
+            "load_at_start": os.getloadavg()}
+
+
+def table(result: dict[str, Any]) -> str:
+    lat = result["latency"]
+    lines = ["", "latency (s)           p50     p95     p99",
+             *(f"  {name:<18}{lat[key]['p50']:7.3f} {lat[key]['p95']:7.3f} {lat[key]['p99']:7.3f}"
+               for name, key in (("platform (HTTP)", "platform"), ("raw Docker SDK", "raw_sdk"),
+                                 ("raw docker CLI", "raw_cli"))),
+             f"  ratio vs SDK: p50 {lat['ratio_p50_vs_sdk']:.2f}x  p99 {lat['ratio_p99_vs_sdk']:.2f}x   "
+             f"(targets: 1.10x, 1.50x)", "",
+             "throughput (200 at once)  platform/s  raw/s  ratio  dispatcher peak RSS"]
+    for slots, t in result["throughput"].items():
+        lines.append(f"  {slots} slots{'':<17}{t['platform_runs_per_s']:8.2f} {t['raw_runs_per_s']:6.2f} "
+                     f"{t['ratio']:6.2f}   {t['dispatcher_peak_rss_mb']:.0f} MB   (failed: {t['failed']})")
+    lines += ["", "API (ms, p50)     GET one   first page"]
+    for size, a in result["api"].items():
+        lines.append(f"  {size:>6} stored  {a['get_p50_ms']:8.1f} {a['list_page_p50_ms']:11.1f}")
+    f = result["flood"]
+    lines += ["", f"200 MB flood: {f['seconds']:.1f} s, dispatcher peak RSS {f['dispatcher_peak_rss_mb']:.0f} MB "
+              "(target <= 150 MB)"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the bench itself)")
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--throughput-runs", type=int, default=200)
+    args = parser.parse_args()
+    if args.quick:
+        args.latency_runs, args.throughput_runs = 10, 40
+    sizes = [100, 1000] if args.quick else [100, 1000, 10000]
+    result: dict[str, Any] = {"when": datetime.now(timezone.utc).isoformat(), "machine": machine(), "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="od-bench-") as tmp:
+        bench = Bench(Path(tmp), slots=2)
+        try:
+            bench.start()
+            print(f"latency: {args.latency_runs} runs ...", flush=True)
+            result["latency"] = latency(bench, args.latency_runs)
+            print(f"throughput: {args.throughput_runs} at once, at 2, 4 and 8 slots ...", flush=True)
+            result["throughput"] = throughput(bench, args.throughput_runs, [2, 4, 8])
+            print("API with 100 to 10,000 sandboxes stored ...", flush=True)
+            result["api"] = api_times(bench, sizes)
+            print("200 MB output flood ...", flush=True)
+            bench.start_dispatcher(2)
+            result["flood"] = flood(bench)
+        finally:
+            bench.stack.stop_all()
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result['when'][:19].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"\nwritten to {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    threading.stack_size(512 * 1024)
+    sys.exit(main())
