@@ -1,11 +1,16 @@
 """Choosing a Docker server for a new sandbox.
 
-A server is *healthy* when it is ``active`` and its dispatcher heartbeated
-within ``heartbeat_ttl_s``.  Among healthy servers with free slots (and the
-image, when the dispatcher has reported its images) the one with the most free
-slots wins, ties broken at random.  With servers registered but none healthy
-the sandbox is still accepted onto an active server's queue and waits
-``queued`` there; with no active server at all it is a 503.
+A server is *alive* when its dispatcher heartbeated within ``heartbeat_ttl_s``
+(a dispatcher lets its heartbeat go stale while its Docker engine does not
+answer), and *healthy* when it is also ``active`` (not draining or disabled).
+A healthy server that has the image (when its dispatcher has reported its
+images) is *ready*.  Among ready servers one with free slots is chosen at
+random, weighted by its free slots, so a burst of requests spreads over the
+servers even though their ``running`` counts are a heartbeat old; when every
+ready server is busy, the sandbox queues behind one chosen by weight of its
+slots.  With servers registered but none ready the sandbox is still accepted
+onto an active server's queue and waits ``queued`` there (the reconciler moves
+it once a server is ready); with no active server at all it is a 503.
 """
 
 from __future__ import annotations
@@ -42,12 +47,24 @@ def forget() -> None:
         _cache = (0.0, [])
 
 
+def is_alive(server: DockerServer, ttl_s: int) -> bool:
+    return server.last_heartbeat is not None and utcnow() - server.last_heartbeat < timedelta(seconds=ttl_s)
+
+
 def is_healthy(server: DockerServer, ttl_s: int) -> bool:
-    return (
-        server.state == "active"
-        and server.last_heartbeat is not None
-        and utcnow() - server.last_heartbeat < timedelta(seconds=ttl_s)
-    )
+    return server.state == "active" and is_alive(server, ttl_s)
+
+
+def pick_ready(docker_image: str, ttl_s: int, rows: list[DockerServer]) -> DockerServer | None:
+    """A ready server for the image (see the module's docstring), or None."""
+    ready = [s for s in rows if is_healthy(s, ttl_s) and (not s.images or docker_image in s.images)]
+    if not ready:
+        return None
+    free = {s.name: int(s.slots) - int(s.running) for s in ready}
+    with_room = [s for s in ready if free[s.name] > 0]
+    if with_room:
+        return random.choices(with_room, weights=[free[s.name] for s in with_room])[0]
+    return random.choices(ready, weights=[max(int(s.slots), 1) for s in ready])[0]
 
 
 def choose_server(docker_image: str, ttl_s: int, candidates: list[DockerServer] | None = None) -> DockerServer:
@@ -55,8 +72,4 @@ def choose_server(docker_image: str, ttl_s: int, candidates: list[DockerServer] 
     active = [s for s in rows if s.state == "active"]
     if not active:
         raise Unavailable("no Docker server can take work now (none is registered and active)")
-    healthy = [s for s in active if is_healthy(s, ttl_s) and (not s.images or docker_image in s.images)]
-    if healthy:
-        best = max(int(s.slots) - int(s.running) for s in healthy)
-        return random.choice([s for s in healthy if int(s.slots) - int(s.running) == best])
-    return random.choice(active)
+    return pick_ready(docker_image, ttl_s, active) or random.choice(active)

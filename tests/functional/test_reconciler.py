@@ -1,0 +1,292 @@
+"""The reconciler: what crashes leave behind is re-routed, re-queued, re-woken or marked ``error``.
+
+Each test sets up the state a crash would leave (a server that stopped
+heartbeating, a lost message, a dead letter), runs one pass, and checks the
+rows and the queues.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from chalicelib import admin, aws, reconciler
+from chalicelib.models import DockerServer, Sandbox, utcnow
+from chalicelib.reconciler import ReconcilerSettings
+from chalicelib.settings import SettingsError
+
+CONFIG = ReconcilerSettings(max_attempts=3, resend_after_s=60, queued_max_s=3600)
+
+
+def create(world) -> str:
+    response = world.post_json({"image": "base", "cmd": ["echo hi"]})
+    assert response.status_code == 201, response.json_body
+    return response.json_body["id"]
+
+
+def server(world, name: str, alive: bool = True, state: str = "active", inflight=None) -> DockerServer:
+    row = admin.server_create(world.settings, name, "unix:///var/run/docker.sock", replace=True)
+    beat = utcnow() if alive else utcnow() - timedelta(hours=1)
+    actions = [DockerServer.last_heartbeat.set(beat), DockerServer.state.set(state)]
+    if inflight is not None:
+        actions.append(DockerServer.inflight.set(inflight))
+    row.update(actions=actions)
+    return row
+
+
+def kill(row: DockerServer) -> None:
+    """As if its dispatcher died: the heartbeat goes stale."""
+    row.update(actions=[DockerServer.last_heartbeat.set(utcnow() - timedelta(minutes=5))])
+
+
+def wakeups(world, row: DockerServer) -> list[str]:
+    """The sandbox ids of the messages waiting on a server's queue (received, so they stay hidden)."""
+    ids = []
+    while True:
+        got = aws.sqs(world.settings).receive_message(
+            QueueUrl=row.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+        )
+        if not got.get("Messages"):
+            return ids
+        ids += [json.loads(m["Body"])["sandbox_id"] for m in got["Messages"]]
+
+
+def run_on(sandbox_id: str, server_name: str, attempts: int = 1, started_ago_s: float = 1) -> None:
+    Sandbox(sandbox_id).update(
+        actions=[
+            Sandbox.status.set("running"),
+            Sandbox.server.set(server_name),
+            Sandbox.attempts.set(attempts),
+            Sandbox.started_at.set(utcnow() - timedelta(seconds=started_ago_s)),
+        ]
+    )
+
+
+def reconcile(world, config: ReconcilerSettings = CONFIG) -> dict:
+    return reconciler.reconcile(world.settings, config)
+
+
+# Queued
+
+
+def test_a_sandbox_queued_on_a_dead_server_moves_to_a_healthy_one(world):
+    sandbox_id = create(world)  # on "local", the only server yet
+    wakeups(world, world.server)  # its first wake-up is lost with the server
+    spare = server(world, "spare")
+    kill(world.server)
+
+    report = reconcile(world)
+
+    assert report["rerouted"] == 1
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.server) == ("queued", "spare")
+    assert wakeups(world, spare) == [sandbox_id]
+    assert reconcile(world)["rerouted"] == 0  # once
+
+
+@pytest.mark.parametrize("state", ["draining", "disabled"])
+def test_a_sandbox_queued_on_a_server_taken_out_of_service_moves(world, state):
+    sandbox_id = create(world)
+    spare = server(world, "spare")
+    admin.server_set_state("local", state)
+
+    assert reconcile(world)["rerouted"] == 1
+
+    assert Sandbox.get(sandbox_id).server == "spare"
+    assert wakeups(world, spare) == [sandbox_id]
+
+
+def test_with_no_healthy_server_a_queued_sandbox_waits(world):
+    sandbox_id = create(world)
+    kill(world.server)
+    server(world, "draining", state="draining")
+
+    report = reconcile(world)
+
+    assert report == {"dead_lettered": 0, "requeued": 0, "failed": 0, "rerouted": 0, "rewoken": 0, "errors": 0}
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.server) == ("queued", "local")
+
+
+def test_a_lost_wake_up_is_sent_again_once_the_row_has_waited_long_enough(world):
+    sandbox_id = create(world)
+    assert wakeups(world, world.server) == [sandbox_id]  # ... and then lost
+
+    assert reconcile(world)["rewoken"] == 0  # too young: its message may be on its way
+    Sandbox(sandbox_id).update(actions=[Sandbox.created_at.set(utcnow() - timedelta(seconds=61))])
+    assert reconcile(world)["rewoken"] == 1
+
+    assert wakeups(world, world.server) == [sandbox_id]
+    assert Sandbox.get(sandbox_id).woken_at is not None
+    assert reconcile(world)["rewoken"] == 0  # not again until another resend_after_s
+
+
+def test_a_sandbox_no_server_takes_for_too_long_ends_in_error(world):
+    sandbox_id = create(world)
+    kill(world.server)
+    Sandbox(sandbox_id).update(actions=[Sandbox.created_at.set(utcnow() - timedelta(hours=2))])
+
+    assert reconcile(world)["failed"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert row.status == "error" and "no Docker server took the sandbox" in row.error
+
+
+# Running
+
+
+def test_a_sandbox_running_on_a_dead_server_runs_again_on_a_healthy_one(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "local", attempts=1)
+    spare = server(world, "spare")
+    kill(world.server)
+
+    assert reconcile(world)["requeued"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.server, row.started_at) == ("queued", "spare", None)
+    assert wakeups(world, spare) == [sandbox_id]
+
+
+def test_a_sandbox_running_on_a_dead_server_after_its_last_attempt_ends_in_error(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "local", attempts=3)
+    server(world, "spare")
+    kill(world.server)
+
+    assert reconcile(world)["failed"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert row.status == "error"
+    assert "server local stopped heartbeating" in row.error and "tried 3 times" in row.error
+    assert row.finished_at is not None
+
+
+def test_a_sandbox_running_on_a_live_server_is_left_alone(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "local", started_ago_s=3600)
+
+    assert reconcile(world)["requeued"] == 0  # a dispatcher that reports nothing in hand is not judged by it
+
+    server(world, "local", inflight=[sandbox_id])
+    run_on(sandbox_id, "local", started_ago_s=3600)
+    assert reconcile(world)["requeued"] == 0
+    assert Sandbox.get(sandbox_id).status == "running"
+
+
+def test_a_sandbox_its_live_dispatcher_no_longer_holds_is_given_back(world):
+    sandbox_id = create(world)
+    server(world, "local", inflight=["someotherid00000"])
+    run_on(sandbox_id, "local", started_ago_s=5)
+
+    assert reconcile(world)["requeued"] == 0  # claimed just now: the next heartbeats will list it
+
+    run_on(sandbox_id, "local", started_ago_s=120)
+    assert reconcile(world)["requeued"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.server) == ("queued", "local")
+
+
+def test_a_sandbox_whose_server_was_deleted_moves_on(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "gone")
+    spare = server(world, "spare")
+    kill(world.server)  # spare is then the one ready server
+
+    assert reconcile(world)["requeued"] == 1
+
+    assert Sandbox.get(sandbox_id).server == "spare"
+    assert wakeups(world, spare) == [sandbox_id]
+
+
+# Dead letters
+
+
+def dead_letter(world, row: DockerServer, sandbox_id: str) -> None:
+    aws.sqs(world.settings).send_message(QueueUrl=row.dlq_url, MessageBody=json.dumps({"sandbox_id": sandbox_id}))
+
+
+def test_a_poison_message_that_reached_the_dead_letter_queue_ends_its_sandbox_in_error(world):
+    sandbox_id = create(world)
+    sqs = aws.sqs(world.settings)
+    # Received MAX_RECEIVES times and never deleted (each time its handling failed): SQS moves it on.
+    for _ in range(aws.MAX_RECEIVES):
+        got = sqs.receive_message(QueueUrl=world.server.queue_url, WaitTimeSeconds=0, VisibilityTimeout=0)
+        assert len(got["Messages"]) == 1
+    assert "Messages" not in sqs.receive_message(QueueUrl=world.server.queue_url, WaitTimeSeconds=0)
+
+    assert reconcile(world)["dead_lettered"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert row.status == "error"
+    assert "dead-letter queue" in row.error and f"failed {aws.MAX_RECEIVES} deliveries" in row.error
+    assert "Messages" not in sqs.receive_message(QueueUrl=world.server.dlq_url, WaitTimeSeconds=0)
+
+
+def test_a_dead_letter_for_a_finished_sandbox_changes_nothing(world):
+    sandbox_id = create(world)
+    Sandbox(sandbox_id).update(actions=[Sandbox.status.set("terminated"), Sandbox.return_code.set(0)])
+    dead_letter(world, world.server, sandbox_id)
+
+    assert reconcile(world)["dead_lettered"] == 0
+
+    assert Sandbox.get(sandbox_id).status == "terminated"
+    assert "Messages" not in aws.sqs(world.settings).receive_message(QueueUrl=world.server.dlq_url)
+
+
+def test_a_dead_letter_for_a_sandbox_a_live_dispatcher_holds_is_dropped(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "local")
+    server(world, "local", inflight=[sandbox_id])
+    dead_letter(world, world.server, sandbox_id)
+
+    assert reconcile(world)["dead_lettered"] == 0
+
+    assert Sandbox.get(sandbox_id).status == "running"
+
+
+def test_a_row_too_malformed_to_load_can_still_be_marked_error(world):
+    sandbox_id = create(world)
+    table = f"{world.settings.table_prefix}-sandboxes"
+    Sandbox._get_connection().connection.client.update_item(
+        TableName=table,
+        Key={"sandbox_id": {"S": sandbox_id}},
+        UpdateExpression="SET limits = :bad",
+        ExpressionAttributeValues={":bad": {"S": "{not json"}},
+    )
+    with pytest.raises(ValueError):
+        Sandbox.get(sandbox_id)
+    dead_letter(world, world.server, sandbox_id)
+
+    assert reconcile(world)["dead_lettered"] == 1
+
+    item = Sandbox._get_connection().connection.client.get_item(TableName=table, Key={"sandbox_id": {"S": sandbox_id}})
+    assert item["Item"]["status"] == {"S": "error"}
+
+
+# Wiring and settings
+
+
+def test_the_chalice_schedule_runs_a_pass(world):
+    sandbox_id = create(world)
+    spare = server(world, "spare")
+    kill(world.server)
+
+    event = world.client.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+    )
+    response = world.client.lambda_.invoke("reconcile", event)
+
+    assert response.payload["rerouted"] == 1
+    assert Sandbox.get(sandbox_id).server == "spare"
+    assert sandbox_id in wakeups(world, spare)
+
+
+def test_reconciler_settings_are_read_from_the_environment():
+    config = ReconcilerSettings.from_env({"OPENDEVELOP_RESEND_AFTER": "15", "OPENDEVELOP_MAX_ATTEMPTS": "5"})
+    assert (config.resend_after_s, config.max_attempts, config.interval_s) == (15, 5, 10)
+    with pytest.raises(SettingsError, match="OPENDEVELOP_RECONCILE_INTERVAL"):
+        ReconcilerSettings.from_env({"OPENDEVELOP_RECONCILE_INTERVAL": "soon"})
