@@ -1,0 +1,47 @@
+"""OpenDevelop's Python client: run code in a fresh, locked-down sandbox as if calling a function.
+
+from opendevelop import Client
+sandbox = Client().run("python test.py", files=["test.py"])
+print(sandbox.stdout, end="")
+"""
+
+from opendevelop.client import DEFAULT_URL, Client
+from opendevelop.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    OpenDevelopError,
+    PayloadTooLargeError,
+    ServerError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    UnauthorizedError,
+    UnreachableError,
+    UnsupportedMediaTypeError,
+    WaitTimeoutError,
+)
+from opendevelop.models import FINAL_STATES, Sandbox
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "DEFAULT_URL",
+    "FINAL_STATES",
+    "BadRequestError",
+    "Client",
+    "ConfigurationError",
+    "ConflictError",
+    "NotFoundError",
+    "OpenDevelopError",
+    "PayloadTooLargeError",
+    "Sandbox",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TooManyRequestsError",
+    "UnauthorizedError",
+    "UnreachableError",
+    "UnsupportedMediaTypeError",
+    "WaitTimeoutError",
+    "__version__",
+]

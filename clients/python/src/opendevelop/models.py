@@ -1,0 +1,97 @@
+"""What the API returns, as Python values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FINAL_STATES = frozenset({"terminated", "error", "cancelled"})
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _cmd(value: Any) -> list[str]:
+    """The API shows ``cmd`` as a JSON-encoded list (as the original did); here it is the list."""
+    if isinstance(value, list):
+        return [str(line) for line in value]
+    try:
+        decoded = json.loads(value)
+    except (TypeError, ValueError):
+        return [str(value)]
+    return [str(line) for line in decoded] if isinstance(decoded, list) else [str(decoded)]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One sandbox: what was asked, where it is, and (once finished) how it ended.
+
+    ``status`` is ``queued``, ``running``, or a final one: ``terminated`` (the
+    program ended: see ``return_code``, ``timed_out``, ``oom_killed``),
+    ``error`` (the platform failed: see ``error``) or ``cancelled``.  The
+    outputs are ``""`` until there are some.  ``raw`` is the API's JSON as it
+    came, fields this client does not know included.
+    """
+
+    id: str
+    status: str
+    image: str
+    cmd: list[str]
+    return_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    logs: str = ""
+    timeout: float | None = None
+    limits: dict[str, float] = field(default_factory=dict)
+    timed_out: bool = False
+    oom_killed: bool = False
+    output_truncated: bool = False
+    error: str | None = None
+    files: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+    server: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        """It will not change any more."""
+        return self.status in FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        """The program ran to its end and exited 0."""
+        return self.status == "terminated" and self.return_code == 0 and not self.timed_out and not self.oom_killed
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sandbox:
+        return cls(
+            id=str(data["id"]),
+            status=str(data["status"]),
+            image=str(data.get("image") or ""),
+            cmd=_cmd(data.get("cmd", "[]")),
+            return_code=None if data.get("return_code") is None else int(data["return_code"]),
+            stdout=data.get("stdout") or "",
+            stderr=data.get("stderr") or "",
+            logs=data.get("logs") or "",
+            timeout=None if data.get("timeout") is None else float(data["timeout"]),
+            limits=dict(data.get("limits") or {}),
+            timed_out=bool(data.get("timed_out")),
+            oom_killed=bool(data.get("oom_killed")),
+            output_truncated=bool(data.get("output_truncated")),
+            error=data.get("error"),
+            files=int(data.get("files") or 0),
+            created_at=_time(data.get("created_at")),
+            started_at=_time(data.get("started_at")),
+            finished_at=_time(data.get("finished_at")),
+            duration_ms=None if data.get("duration_ms") is None else int(data["duration_ms"]),
+            server=data.get("server"),
+            raw=data,
+        )
