@@ -12,10 +12,10 @@ dev: venv host
 	$(PY) -m infra.local.dev
 
 test: venv host
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests clients/python/tests
 
 unit: venv
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit clients/python/tests
 
 functional: venv
 	$(PY) -m pytest tests/functional
@@ -23,9 +23,19 @@ functional: venv
 integration: venv host
 	$(PY) -m pytest tests/integration
 
+# One deployable CloudFormation template: Chalice's (API, functions, schedules) merged with
+# infra/aws/resources.yaml (tables, bucket, key, IAM), linted.  Needs no AWS account.
+PACKAGE_DIR ?= build/package
+.PHONY: package
+package: venv
+	rm -rf $(PACKAGE_DIR)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage prod \
+		--merge-template infra/aws/resources.yaml $(PACKAGE_DIR)
+	$(VENV)/bin/cfn-lint $(PACKAGE_DIR)/sam.yaml
+
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt clients/python/pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || $(MAKE) -s apt-venv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
@@ -43,6 +53,7 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy chalicelib dispatcher
+	$(PY) -m mypy clients/python/src
 
 format: venv
 	$(PY) -m ruff format .

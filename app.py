@@ -8,9 +8,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
-from chalicelib import logs, models, sandboxes
+from chalicelib import logs, models, openapi, reconciler, sandboxes
 from chalicelib.errors import OpenDevelopError, Unavailable
 from chalicelib.settings import Settings
 from chalicelib.validation import parse_request
@@ -43,6 +43,9 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            request = app.current_request
+            if request is not None:  # the documented query parameters, and no others
+                openapi.check_query(request.path, request.method, request.query_params)
             return view(*args, **kwargs)
         except Unavailable as e:
             logger.warning(json.dumps({"event": "api.unavailable", "error": e.message}))
@@ -60,6 +63,13 @@ def current_app() -> models.App:
     request = app.current_request
     assert request is not None
     return sandboxes.authenticate(settings(), request.headers.get("authorization"))
+
+
+@app.route("/api/openapi.json", methods=["GET"])
+@api_view
+def openapi_document() -> Any:
+    """The API described (OpenAPI 3.1), without credentials: tools and clients read it first."""
+    return openapi.document(settings())
 
 
 @app.route("/api/images", methods=["GET"])
@@ -88,6 +98,13 @@ def show_sandbox(sandbox_id: str) -> Any:
     return sandboxes.to_json(sandboxes.wait_settled(owner, sandbox_id, wait_s), settings())
 
 
+@app.route("/api/sandboxes/{sandbox_id}", methods=["DELETE"])
+@api_view
+def cancel_sandbox(sandbox_id: str) -> Any:
+    owner = current_app()
+    return sandboxes.to_json(sandboxes.cancel(owner, sandbox_id), settings())
+
+
 @app.route("/api/sandboxes", methods=["POST"], content_types=["*/*"])
 @api_view
 def create_sandbox() -> Any:
@@ -109,3 +126,9 @@ def _wants_plain_text(accept: str | None) -> bool:
         return False
     types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
     return "text/plain" in types and "application/json" not in types
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def reconcile(event: Any) -> dict[str, Any]:
+    """Every accepted sandbox reaches a final state: see ``chalicelib.reconciler``."""
+    return reconciler.reconcile(settings())

@@ -105,6 +105,37 @@ def server_delete(args: argparse.Namespace, settings: Settings) -> None:
     out(args, {"deleted": args.name}, f"server {args.name} deleted")
 
 
+@command("server-bootstrap", "set up a Debian host over SSH as a Docker server and register it (idempotent)")
+def server_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
+    from chalicelib import hosts
+
+    report = hosts.bootstrap(
+        settings,
+        args.name,
+        hosts.SSHTarget.parse(args.ssh),
+        identity=args.identity,
+        known_hosts=args.known_hosts,
+        prefix=args.prefix,
+        slots=args.slots,
+        runtime=args.runtime,
+        network=args.network,
+        env_file=args.env_file,
+        base_image=not args.no_base_image,
+        wait_s=args.wait,
+        source=Path(args.source),
+    )
+    out(args, report.as_json(), report.as_text())
+
+
+@command("server-shutdown", "stop a bootstrapped host's dispatcher (running sandboxes finish first)")
+def server_shutdown(args: argparse.Namespace, settings: Settings) -> None:
+    from chalicelib import hosts
+
+    target = hosts.SSHTarget.parse(args.ssh)
+    done = hosts.shutdown(args.name, target, args.identity, args.known_hosts, args.prefix)
+    out(args, {"server": args.name, "target": str(target), "result": done}, f"server {args.name} on {target}: {done}")
+
+
 @command("user-create", "create a user")
 def user_create(args: argparse.Namespace, settings: Settings) -> None:
     user = admin.user_create(args.username, args.email, args.passwd, args.organization)
@@ -212,6 +243,27 @@ def parser() -> argparse.ArgumentParser:
     p["server-create"].add_argument("--replace", action="store_true", help="overwrite a server of that name")
     for name in ("server-drain", "server-activate", "server-delete"):
         p[name].add_argument("--name", required=True)
+    for name in ("server-bootstrap", "server-shutdown"):
+        p[name].add_argument("--name", required=True, help="the server's name")
+        p[name].add_argument("--ssh", required=True, metavar="USER@HOST[:PORT]", help="the host (key login)")
+        p[name].add_argument("--identity", help="private key file (default: ~/.ssh's keys and the agent)")
+        p[name].add_argument(
+            "--known-hosts", help="known_hosts file holding the host's key (default ~/.ssh/known_hosts)"
+        )
+        p[name].add_argument("--prefix", default="/opt/opendevelop", help="install folder on the host")
+    p["server-bootstrap"].add_argument("--slots", type=int, help="sandboxes run at once (default: the host's cores)")
+    p["server-bootstrap"].add_argument("--runtime", default="runc", choices=admin.RUNTIMES)
+    p["server-bootstrap"].add_argument("--network", action="store_true", help="allow sandboxes network access")
+    p["server-bootstrap"].add_argument(
+        "--env-file", help="NAME=value lines for the dispatcher's environment (e.g. its AWS access key)"
+    )
+    p["server-bootstrap"].add_argument(
+        "--no-base-image", action="store_true", help="do not build the base image on the host"
+    )
+    p["server-bootstrap"].add_argument(
+        "--wait", type=float, default=60, help="seconds to wait for the dispatcher's heartbeat (0: do not wait)"
+    )
+    p["server-bootstrap"].add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
     p["user-create"].add_argument("--username", required=True)
     p["user-create"].add_argument("--email", required=True)
     p["user-create"].add_argument("--passwd", "--password", dest="passwd", required=True)

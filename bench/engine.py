@@ -22,7 +22,10 @@ def hardened_kwargs(memory_mb: int = 256, pids: int = 128, disk_mb: int = 64) ->
     return dict(
         network_mode="none",
         read_only=True,
-        tmpfs={"/sandbox": f"rw,exec,nosuid,nodev,size={disk_mb}m,mode=1777", "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777"},
+        tmpfs={
+            "/sandbox": f"rw,exec,nosuid,nodev,size={disk_mb}m,mode=1777",
+            "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777",
+        },
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         init=True,
@@ -37,10 +40,32 @@ def hardened_kwargs(memory_mb: int = 256, pids: int = 128, disk_mb: int = 64) ->
 
 
 CLI_FLAGS = [
-    "--network", "none", "--read-only", "--tmpfs", "/sandbox:rw,exec,nosuid,nodev,size=64m,mode=1777",
-    "--tmpfs", "/tmp:rw,exec,nosuid,nodev,size=64m,mode=1777", "--cap-drop", "ALL",
-    "--security-opt", "no-new-privileges", "--init", "--memory", "256m", "--memory-swap", "256m", "--cpus", "1",
-    "--pids-limit", "128", "--ulimit", "nofile=256:256", "--user", "1000:1000", "--log-driver", "none",
+    "--network",
+    "none",
+    "--read-only",
+    "--tmpfs",
+    "/sandbox:rw,exec,nosuid,nodev,size=64m,mode=1777",
+    "--tmpfs",
+    "/tmp:rw,exec,nosuid,nodev,size=64m,mode=1777",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--init",
+    "--memory",
+    "256m",
+    "--memory-swap",
+    "256m",
+    "--cpus",
+    "1",
+    "--pids-limit",
+    "128",
+    "--ulimit",
+    "nofile=256:256",
+    "--user",
+    "1000:1000",
+    "--log-driver",
+    "none",
 ]
 
 
@@ -73,5 +98,11 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
-    return {"n": len(samples), "p50": statistics.median(samples), "p95": pick(0.95), "p99": pick(0.99),
-            "min": ordered[0], "max": ordered[-1]}
+    return {
+        "n": len(samples),
+        "p50": statistics.median(samples),
+        "p95": pick(0.95),
+        "p99": pick(0.99),
+        "min": ordered[0],
+        "max": ordered[-1],
+    }

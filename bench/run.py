@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,13 @@ HELLO = "hello opendevelop!\n"
 class Bench:
     def __init__(self, base: Path, slots: int) -> None:
         self.name = f"bench{secrets.token_hex(2)}"
-        self.stack = Stack(aws_port=free_port(), api_port=free_port(), table_prefix=self.name,
-                           state_dir=base / "state", log_dir=base / "logs")
+        self.stack = Stack(
+            aws_port=free_port(),
+            api_port=free_port(),
+            table_prefix=self.name,
+            state_dir=base / "state",
+            log_dir=base / "logs",
+        )
         self.slots = slots
         self.session = requests.Session()
         self.docker = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
@@ -93,8 +98,9 @@ class Bench:
 
     def wait(self, sandbox_id: str) -> dict[str, Any]:
         while True:
-            response = self.session.get(f"{self.stack.api_url}/api/sandboxes/{sandbox_id}", params={"wait": "20"},
-                                        timeout=60)
+            response = self.session.get(
+                f"{self.stack.api_url}/api/sandboxes/{sandbox_id}", params={"wait": "20"}, timeout=60
+            )
             response.raise_for_status()
             data: dict[str, Any] = response.json()
             if data["status"] not in ("queued", "running"):
@@ -118,9 +124,14 @@ def latency(bench: Bench, runs: int) -> dict[str, Any]:
         sdk_s.append(sdk_run(bench.docker))
         cli_s.append(cli_run())
     p, s, c = percentiles(platform_s), percentiles(sdk_s), percentiles(cli_s)
-    return {"platform": p, "raw_sdk": s, "raw_cli": c,
-            "ratio_p50_vs_sdk": p["p50"] / s["p50"], "ratio_p99_vs_sdk": p["p99"] / s["p99"],
-            "ratio_p50_vs_cli": p["p50"] / c["p50"]}
+    return {
+        "platform": p,
+        "raw_sdk": s,
+        "raw_cli": c,
+        "ratio_p50_vs_sdk": p["p50"] / s["p50"],
+        "ratio_p99_vs_sdk": p["p99"] / s["p99"],
+        "ratio_p50_vs_cli": p["p50"] / c["p50"],
+    }
 
 
 def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any]:
@@ -139,9 +150,13 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
             list(pool.map(lambda _: sdk_run(bench.docker), range(runs)))
         raw_wall = time.perf_counter() - started
         out[str(slots)] = {
-            "runs": runs, "platform_wall_s": platform_wall, "platform_runs_per_s": runs / platform_wall,
-            "raw_wall_s": raw_wall, "raw_runs_per_s": runs / raw_wall,
-            "ratio": (runs / platform_wall) / (runs / raw_wall), "failed": len(bad),
+            "runs": runs,
+            "platform_wall_s": platform_wall,
+            "platform_runs_per_s": runs / platform_wall,
+            "raw_wall_s": raw_wall,
+            "raw_runs_per_s": runs / raw_wall,
+            "ratio": (runs / platform_wall) / (runs / raw_wall),
+            "failed": len(bad),
             "failures": sorted({f"{r['status']}: {r['error'] or (r['logs'] or '')[:200]}" for r in bad})[:5],
             "dispatcher_peak_rss_mb": rss,
         }
@@ -160,9 +175,20 @@ def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, An
     for size in sizes:
         with Sandbox.batch_write() as batch:
             for _ in range(size - stored):
-                batch.save(Sandbox(new_id(), app_id=bench.app_id, image="base", docker_image="opendevelop/base:latest",
-                                   cmd=["python test.py"], status="terminated", return_code=0, logs=HELLO,
-                                   stdout=HELLO, limits={"timeout": 10}))
+                batch.save(
+                    Sandbox(
+                        new_id(),
+                        app_id=bench.app_id,
+                        image="base",
+                        docker_image="opendevelop/base:latest",
+                        cmd=["python test.py"],
+                        status="terminated",
+                        return_code=0,
+                        logs=HELLO,
+                        stdout=HELLO,
+                        limits={"timeout": 10},
+                    )
+                )
         stored = size
         one_id = next(iter(Sandbox.by_app.query(bench.app_id, limit=1))).sandbox_id
         get_s, page_s = [], []
@@ -175,7 +201,10 @@ def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, An
             page.raise_for_status()
             page_s.append(time.perf_counter() - t)
         assert len(page.json()["sandboxes"]) == 50
-        out[str(size)] = {"get_p50_ms": statistics.median(get_s) * 1000, "list_page_p50_ms": statistics.median(page_s) * 1000}
+        out[str(size)] = {
+            "get_p50_ms": statistics.median(get_s) * 1000,
+            "list_page_p50_ms": statistics.median(page_s) * 1000,
+        }
     return out
 
 
@@ -189,30 +218,49 @@ def flood(bench: Bench) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     info = docker.from_env().info()
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "kernel": platform.release(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "docker": info.get("ServerVersion"), "cgroup": info.get("CgroupVersion"),
-            "load_at_start": os.getloadavg()}
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "docker": info.get("ServerVersion"),
+        "cgroup": info.get("CgroupVersion"),
+        "load_at_start": os.getloadavg(),
+    }
 
 
 def table(result: dict[str, Any]) -> str:
     lat = result["latency"]
-    lines = ["", "latency (s)           p50     p95     p99",
-             *(f"  {name:<18}{lat[key]['p50']:7.3f} {lat[key]['p95']:7.3f} {lat[key]['p99']:7.3f}"
-               for name, key in (("platform (HTTP)", "platform"), ("raw Docker SDK", "raw_sdk"),
-                                 ("raw docker CLI", "raw_cli"))),
-             f"  ratio vs SDK: p50 {lat['ratio_p50_vs_sdk']:.2f}x  p99 {lat['ratio_p99_vs_sdk']:.2f}x   "
-             f"(targets: 1.10x, 1.50x)", "",
-             "throughput (200 at once)  platform/s  raw/s  ratio  dispatcher peak RSS"]
+    lines = [
+        "",
+        "latency (s)           p50     p95     p99",
+        *(
+            f"  {name:<18}{lat[key]['p50']:7.3f} {lat[key]['p95']:7.3f} {lat[key]['p99']:7.3f}"
+            for name, key in (
+                ("platform (HTTP)", "platform"),
+                ("raw Docker SDK", "raw_sdk"),
+                ("raw docker CLI", "raw_cli"),
+            )
+        ),
+        f"  ratio vs SDK: p50 {lat['ratio_p50_vs_sdk']:.2f}x  p99 {lat['ratio_p99_vs_sdk']:.2f}x   "
+        f"(targets: 1.10x, 1.50x)",
+        "",
+        "throughput (200 at once)  platform/s  raw/s  ratio  dispatcher peak RSS",
+    ]
     for slots, t in result["throughput"].items():
-        lines.append(f"  {slots} slots{'':<17}{t['platform_runs_per_s']:8.2f} {t['raw_runs_per_s']:6.2f} "
-                     f"{t['ratio']:6.2f}   {t['dispatcher_peak_rss_mb']:.0f} MB   (failed: {t['failed']})")
+        lines.append(
+            f"  {slots} slots{'':<17}{t['platform_runs_per_s']:8.2f} {t['raw_runs_per_s']:6.2f} "
+            f"{t['ratio']:6.2f}   {t['dispatcher_peak_rss_mb']:.0f} MB   (failed: {t['failed']})"
+        )
     lines += ["", "API (ms, p50)     GET one   first page"]
     for size, a in result["api"].items():
         lines.append(f"  {size:>6} stored  {a['get_p50_ms']:8.1f} {a['list_page_p50_ms']:11.1f}")
     f = result["flood"]
-    lines += ["", f"200 MB flood: {f['seconds']:.1f} s, dispatcher peak RSS {f['dispatcher_peak_rss_mb']:.0f} MB "
-              "(target <= 150 MB)"]
+    lines += [
+        "",
+        f"200 MB flood: {f['seconds']:.1f} s, dispatcher peak RSS {f['dispatcher_peak_rss_mb']:.0f} MB "
+        "(target <= 150 MB)",
+    ]
     return "\n".join(lines)
 
 
@@ -225,7 +273,7 @@ def main() -> int:
     if args.quick:
         args.latency_runs, args.throughput_runs = 10, 40
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
-    result: dict[str, Any] = {"when": datetime.now(timezone.utc).isoformat(), "machine": machine(), "args": vars(args)}
+    result: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="od-bench-") as tmp:
         bench = Bench(Path(tmp), slots=2)
         try:

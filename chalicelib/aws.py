@@ -98,9 +98,14 @@ def delete_server_queue(settings: Settings, queue_url: str, dlq_url: str) -> Non
                 raise Unavailable(f"deleting queue {url}: {e}") from e
 
 
-def send_wakeup(settings: Settings, queue_url: str, sandbox_id: str) -> None:
+def send_wakeup(settings: Settings, queue_url: str, sandbox_id: str, delay_s: int = 0) -> None:
+    """``delay_s``: the message stays invisible that long (SQS takes 0 to 900 s)."""
     with translated("queueing the sandbox"):
-        sqs(settings).send_message(QueueUrl=queue_url, MessageBody=json.dumps({"sandbox_id": sandbox_id}))
+        sqs(settings).send_message(
+            QueueUrl=queue_url,
+            MessageBody=json.dumps({"sandbox_id": sandbox_id}),
+            DelaySeconds=max(0, min(int(delay_s), 900)),
+        )
 
 
 def ensure_bucket(settings: Settings) -> None:

@@ -6,7 +6,7 @@ Table names depend on the stage, so the models are bound to their tables by
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pynamodb.attributes import (
@@ -14,10 +14,11 @@ from pynamodb.attributes import (
     JSONAttribute,
     ListAttribute,
     NumberAttribute,
+    TTLAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from chalicelib.settings import Settings
@@ -28,6 +29,15 @@ FINAL_STATES = ("terminated", "error", "cancelled")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Set by ``configure`` from ``Settings.retention_days``.
+_retention = timedelta(days=30)
+
+
+def expiry() -> datetime:
+    """When a sandbox created now expires: DynamoDB's TTL deletes the row some time after (see infra/aws)."""
+    return utcnow() + _retention
 
 
 class _Base(Model):
@@ -99,6 +109,11 @@ class DockerServer(_Base):
     last_heartbeat = UTCDateTimeAttribute(null=True)
     running = NumberAttribute(default=0)
     images = ListAttribute(of=UnicodeAttribute, default=list)
+    # Where the dispatcher runs, for a host set up by ``manage.py server-bootstrap``: ssh://user@host:port.
+    host = UnicodeAttribute(null=True)
+    # The sandboxes its dispatcher had in hand at the last heartbeat; None from a
+    # dispatcher that does not report them (the reconciler then does not judge by it).
+    inflight = ListAttribute(of=UnicodeAttribute, null=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
 
 
@@ -110,6 +125,21 @@ class SandboxesByApp(GlobalSecondaryIndex["Sandbox"]):
         projection = AllProjection()
 
     app_id = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
+    """Sandboxes in one state, oldest first: the reconciler's view of ``queued`` and ``running``.
+
+    Only what the reconciler needs is projected, so finished rows (with their
+    output) cost the index little.
+    """
+
+    class Meta:
+        index_name = "by_status"
+        projection = IncludeProjection(["server", "attempts", "started_at", "woken_at", "app_id", "docker_image"])
+
+    status = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
@@ -145,7 +175,11 @@ class Sandbox(_Base):
     oom_killed = BooleanAttribute(default=False)
     output_truncated = BooleanAttribute(default=False)
     error = UnicodeAttribute(null=True)
+    # DynamoDB's TTL attribute (the AWS template enables it): the row goes away after this.
+    expires_at = TTLAttribute(null=True, default_for_new=expiry)
+    woken_at = UTCDateTimeAttribute(null=True)  # when the reconciler last re-sent its wake-up
     by_app = SandboxesByApp()
+    by_status = SandboxesByStatus()
 
 
 MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
@@ -158,6 +192,8 @@ def configure(settings: Settings) -> None:
     one costs a botocore client (about 50 ms), and a process may configure more
     than once (the admin command line per command, the functional tests per test).
     """
+    global _retention
+    _retention = timedelta(days=settings.retention_days)
     for model in MODELS:
         meta: Any = model.Meta
         binding = {
@@ -178,10 +214,39 @@ def configure(settings: Settings) -> None:
 
 
 def create_tables() -> list[str]:
-    """Create the tables that do not exist yet; return the names created."""
+    """Create the tables that do not exist yet, and the indexes an existing table lacks; return the names created."""
     created = []
     for model in MODELS:
         if not model.exists():
             model.create_table(wait=True)
             created.append(model.Meta.table_name)
+        else:
+            created += [f"{model.Meta.table_name}/{name}" for name in _add_missing_indexes(model)]
     return created
+
+
+def _add_missing_indexes(model: type[Model]) -> list[str]:
+    """A table made by an older version gets the global secondary indexes added since (DynamoDB builds them online)."""
+    present = {i["IndexName"] for i in model.describe_table().get("GlobalSecondaryIndexes", [])}
+    schema: Any = model._get_schema()
+    added = []
+    for index in schema["global_secondary_indexes"]:
+        if index["index_name"] in present:
+            continue
+        model._get_connection().connection.client.update_table(
+            TableName=model.Meta.table_name,
+            AttributeDefinitions=index["attribute_definitions"],
+            GlobalSecondaryIndexUpdates=[
+                {
+                    "Create": {
+                        "IndexName": index["index_name"],
+                        "KeySchema": sorted(index["key_schema"], key=lambda k: k["KeyType"] != "HASH"),
+                        "Projection": index["projection"],
+                    }
+                }
+            ],
+        )
+        added.append(index["index_name"])
+    if added:
+        model._connection = None  # it caches the table's description, without the new index
+    return added

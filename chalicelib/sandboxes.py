@@ -9,14 +9,14 @@ import threading
 import time
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from chalicelib import aws
 from chalicelib.auth import new_id, parse_basic, secret_matches
-from chalicelib.errors import InvalidInput, NotFound, Unauthorized, Unavailable
+from chalicelib.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
 from chalicelib.logs import log
-from chalicelib.models import FINAL_STATES, App, Image, Sandbox
+from chalicelib.models import FINAL_STATES, App, Image, Sandbox, utcnow
 from chalicelib.scheduling import choose_server
 from chalicelib.settings import Settings
 from chalicelib.validation import SandboxRequest, resolve_limits
@@ -187,13 +187,16 @@ def parse_wait(raw: str | None) -> float:
 def wait_settled(app: App, sandbox_id: str, wait_s: float) -> Sandbox:
     """The sandbox, once it has left queued/running or ``wait_s`` has passed."""
     deadline = time.monotonic() + wait_s
-    delay = 0.02
+    # A fast, steady poll for the first seconds (most runs end within them), then a slower one.
+    delay = 0.025
+    started = time.monotonic()
     while True:
         sandbox = get(app, sandbox_id)
         if sandbox.status in FINAL_STATES or time.monotonic() + delay > deadline:
             return sandbox
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        if time.monotonic() - started > 3:
+            delay = 0.2
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:
@@ -208,6 +211,37 @@ def get(app: App, sandbox_id: str) -> Sandbox:
     if sandbox.app_id != app.app_id:
         raise NotFound(f"no sandbox {sandbox_id!r}")  # exactly like one that does not exist
     return sandbox
+
+
+def cancel(app: App, sandbox_id: str) -> Sandbox:
+    """``queued`` or ``running`` -> ``cancelled``; ``Conflict`` when it has already finished.
+
+    A queued sandbox then never runs: the dispatcher's claim requires ``queued``.
+    A running one's dispatcher sees the new state within a second or so and
+    kills the container; its result write requires ``running``, so it cannot
+    overwrite ``cancelled``.
+    """
+    sandbox = get(app, sandbox_id)
+    for _ in range(3):
+        if sandbox.status in FINAL_STATES:
+            raise Conflict(
+                f"sandbox {sandbox_id!r} has already finished ({sandbox.status}); there is nothing to cancel"
+            )
+        try:
+            sandbox.update(
+                actions=[Sandbox.status.set("cancelled"), Sandbox.finished_at.set(utcnow())],
+                condition=Sandbox.status == sandbox.status,
+            )
+        except UpdateError as e:
+            if e.cause_response_code != "ConditionalCheckFailedException":
+                raise Unavailable(f"cancelling the sandbox: {e}") from e
+            sandbox = get(app, sandbox_id)  # it moved on meanwhile (claimed, finished): look again
+            continue
+        except PynamoDBException as e:
+            raise Unavailable(f"cancelling the sandbox: {e}") from e
+        log(logger, "sandbox.cancelled", sandbox_id=sandbox_id, app_id=app.app_id, server=sandbox.server)
+        return sandbox
+    raise Unavailable(f"sandbox {sandbox_id!r} kept changing state; try again")
 
 
 def list_page(app: App, limit: int, cursor: str | None) -> tuple[list[Sandbox], str | None]:

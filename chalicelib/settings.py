@@ -10,7 +10,12 @@ Decisions worth knowing:
   moto server that ``make dev`` runs on 127.0.0.1:5000, the credentials to
   moto's dummy ones, and the HMAC key for app secrets to a random key kept in
   ``.opendevelop/hmac.key`` in the checkout (generated on first use, never
-  committed).  Any other stage must be given ``OPENDEVELOP_HMAC_KEY``.
+  committed).  Any other stage must be given ``OPENDEVELOP_HMAC_KEY``, or
+  ``OPENDEVELOP_HMAC_KEY_SECRET``: the id or ARN of a Secrets Manager secret
+  holding it, read once at start-up (the AWS template generates that secret,
+  so the key is never typed, committed, or visible in the Lambda's
+  configuration).  A component that never checks app secrets (the
+  dispatcher) asks for no key at all: ``from_env(require_hmac_key=False)``.
 * ``OPENDEVELOP_AWS_ENDPOINT_URL`` wins over boto3's ``AWS_ENDPOINT_URL``.  The
   value ``none`` means "pass no endpoint": boto3 resolves it the usual way
   (real AWS, or an in-process mock such as ``moto.mock_aws`` in the functional
@@ -63,10 +68,11 @@ class Settings:
     max_cmd_bytes: int = 16 * 1024
     max_stdin_bytes: int = 1024 * 1024
     heartbeat_ttl_s: int = 30
+    retention_days: int = 30  # sandbox rows expire (DynamoDB TTL ``expires_at``) this long after creation
     limits: Mapping[str, Limit] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, require_hmac_key: bool = True) -> Settings:
         env = os.environ if environ is None else environ
         stage = env.get("OPENDEVELOP_STAGE", "local").strip() or "local"
         if not stage.replace("-", "").replace("_", "").isalnum():
@@ -83,20 +89,25 @@ class Settings:
         key_id = env.get("AWS_ACCESS_KEY_ID") or ("testing" if local else None)
         key_secret = env.get("AWS_SECRET_ACCESS_KEY") or ("testing" if local else None)
         prefix = env.get("OPENDEVELOP_TABLE_PREFIX", f"opendevelop-{stage}")
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        aws_kwargs = {"region_name": region, "endpoint_url": endpoint}
+        if key_id and key_secret:
+            aws_kwargs.update(aws_access_key_id=key_id, aws_secret_access_key=key_secret)
         return cls(
             stage=stage,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            region=region,
             aws_endpoint_url=endpoint,
             aws_access_key_id=key_id,
             aws_secret_access_key=key_secret,
             table_prefix=prefix,
             bucket=env.get("OPENDEVELOP_BUCKET", f"{prefix}-files"),
-            hmac_key=_hmac_key(env, local),
+            hmac_key=_hmac_key(env, local, aws_kwargs) if require_hmac_key else b"",
             max_upload_bytes=_int(env, "OPENDEVELOP_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, 1),
             max_files=_int(env, "OPENDEVELOP_MAX_FILES", 1000, 1),
             max_cmd_bytes=_int(env, "OPENDEVELOP_MAX_CMD_BYTES", 16 * 1024, 1),
             max_stdin_bytes=_int(env, "OPENDEVELOP_MAX_STDIN_BYTES", 1024 * 1024, 0),
             heartbeat_ttl_s=_int(env, "OPENDEVELOP_HEARTBEAT_TTL", 30, 5),
+            retention_days=_int(env, "OPENDEVELOP_RETENTION_DAYS", 30, 1),
             limits=_limits(env),
         )
 
@@ -157,14 +168,19 @@ def _int(env: Mapping[str, str], var: str, default: int, minimum: int) -> int:
     return int(_number(env, var, default, minimum, True))
 
 
-def _hmac_key(env: Mapping[str, str], local: bool) -> bytes:
+def _hmac_key(env: Mapping[str, str], local: bool, aws_kwargs: Mapping[str, Any]) -> bytes:
     raw = env.get("OPENDEVELOP_HMAC_KEY")
+    if not raw and env.get("OPENDEVELOP_HMAC_KEY_SECRET"):
+        raw = _secret_string("OPENDEVELOP_HMAC_KEY_SECRET", env["OPENDEVELOP_HMAC_KEY_SECRET"], aws_kwargs)
     if raw:
         if len(raw) < 32:
             raise SettingsError("OPENDEVELOP_HMAC_KEY: must be at least 32 characters")
         return raw.encode()
     if not local:
-        raise SettingsError("OPENDEVELOP_HMAC_KEY: required outside the local stage")
+        raise SettingsError(
+            "OPENDEVELOP_HMAC_KEY: required outside the local stage "
+            "(or OPENDEVELOP_HMAC_KEY_SECRET: a Secrets Manager secret holding it)"
+        )
     path = Path(env.get("OPENDEVELOP_STATE_DIR") or PROJECT_ROOT / ".opendevelop") / "hmac.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,3 +194,19 @@ def _hmac_key(env: Mapping[str, str], local: bool) -> bytes:
         finally:
             tmp.unlink()
     return path.read_text().strip().encode()
+
+
+def _secret_string(var: str, secret_id: str, aws_kwargs: Mapping[str, Any]) -> str:
+    """A Secrets Manager secret's string, read once when a component starts."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    kwargs = {k: v for k, v in aws_kwargs.items() if v is not None}
+    try:
+        value = boto3.session.Session().client("secretsmanager", **kwargs).get_secret_value(SecretId=secret_id)
+    except (BotoCoreError, ClientError) as e:
+        raise SettingsError(f"{var}: cannot read secret {secret_id!r}: {e}") from e
+    text = value.get("SecretString")
+    if not text:
+        raise SettingsError(f"{var}: secret {secret_id!r} holds no string")
+    return str(text).strip()

@@ -15,6 +15,7 @@ from pynamodb.exceptions import DoesNotExist
 from chalicelib import logs, models
 from chalicelib.models import DockerServer
 from chalicelib.settings import Settings, SettingsError
+from dispatcher import remote
 from dispatcher.runner import Runner
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(require_hmac_key=False)  # it never checks app secrets
         config = DispatcherSettings.from_env(server=args.server, slots=args.slots)
     except SettingsError as e:
         print(f"dispatcher: configuration: {e}", file=sys.stderr)
@@ -42,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     url = config.docker_url or server.url
     slots = int(config.slots or server.slots)
     try:
-        client = docker.APIClient(base_url=url, version="auto", timeout=60, max_pool_size=slots * 2 + 4)
+        client = remote.docker_api(
+            url,
+            timeout=60,
+            max_pool_size=slots * 2 + 4,
+            ssh_identity=config.ssh_identity,
+            ssh_known_hosts=config.ssh_known_hosts,
+        )
     except docker.errors.DockerException as e:
         print(f"dispatcher: cannot reach the Docker engine at {url}: {e}", file=sys.stderr)
         return 1

@@ -79,6 +79,7 @@ class RunResult:
     oom_killed: bool
     output_truncated: bool
     duration_s: float
+    container_id: str = ""
 
 
 class _Capture:
@@ -261,16 +262,25 @@ class Runner:
         except DockerException as e:
             raise PlatformError(f"creating the container: {e}") from e
 
-    def run(self, spec: RunSpec, payload: bytes) -> RunResult:
-        """Run to the end (or the timeout); always remove the container."""
+    def run(self, spec: RunSpec, payload: bytes, remove: bool = True) -> RunResult:
+        """Run to the end (or the timeout).
+
+        The container is removed before returning unless ``remove`` is false, in
+        which case the caller must call ``remove(result.container_id)`` -- the
+        dispatcher does so only after recording the result, so removal is not on
+        the path to the client seeing it.  On any failure it is removed here.
+        """
         cid = None
+        ok = False
         try:
             cid = self.create(spec)
-            return self._run(cid, spec, payload)
+            result = self._run(cid, spec, payload)
+            ok = True
+            return result
         except DockerException as e:
             raise PlatformError(f"docker: {e}") from e
         finally:
-            if cid:
+            if cid and (remove or not ok):
                 self.remove(cid)
 
     def _run(self, cid: str, spec: RunSpec, payload: bytes) -> RunResult:
@@ -315,6 +325,7 @@ class Runner:
             oom_killed=oom,
             output_truncated=capture.truncated,
             duration_s=duration,
+            container_id=cid,
         )
 
     def _kill_on_timeout(self, cid: str, flag: threading.Event) -> None:

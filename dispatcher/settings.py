@@ -22,7 +22,13 @@ class DispatcherSettings:
     nofile: int = 256
     user: str = "1000:1000"
     max_attempts: int = 3  # a sandbox whose run failed for platform reasons this often ends `error`
+    retry_budget_s: int = 120  # how long a transient DynamoDB/S3 failure is retried in place before giving up
+    backoff_s: float = 1.0  # first delay before a failed message comes back; doubles per failure, at most 30 s
+    watch_s: float = 1.0  # how often the rows of running sandboxes are checked for a cancel
     instance: str = ""
+    # For an ssh:// Docker URL: the private key and the known hosts file (default: ~/.ssh's).
+    ssh_identity: str | None = None
+    ssh_known_hosts: str | None = None
 
     @classmethod
     def from_env(
@@ -43,7 +49,12 @@ class DispatcherSettings:
             nofile=_int(env, "OPENDEVELOP_NOFILE", 256, 16, 65536),
             user=env.get("OPENDEVELOP_SANDBOX_USER", "1000:1000"),
             max_attempts=_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
+            retry_budget_s=_int(env, "OPENDEVELOP_RETRY_BUDGET", 120, 0, 3600),
+            backoff_s=_float(env, "OPENDEVELOP_RETRY_BACKOFF", 1.0, 0.0, 30.0),
+            watch_s=_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
             instance=secrets.token_hex(4),
+            ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
+            ssh_known_hosts=_readable(env, "OPENDEVELOP_SSH_KNOWN_HOSTS"),
         )
 
 
@@ -60,5 +71,27 @@ def _int(env: Mapping[str, str], var: str, default: int, low: int, high: int) ->
     return value
 
 
+def _float(env: Mapping[str, str], var: str, default: float, low: float, high: float) -> float:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{var}: {raw!r} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise SettingsError(f"{var}: {value} is not between {low:g} and {high:g}")
+    return value
+
+
 def _opt_int(env: Mapping[str, str], var: str, low: int, high: int) -> int | None:
     return _int(env, var, 0, low, high) if env.get(var, "").strip() else None
+
+
+def _readable(env: Mapping[str, str], var: str) -> str | None:
+    path = env.get(var, "").strip()
+    if not path:
+        return None
+    if not os.access(path, os.R_OK):
+        raise SettingsError(f"{var}: {path!r} is not a readable file")
+    return path

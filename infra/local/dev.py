@@ -3,8 +3,9 @@
 Starts moto's server (DynamoDB, SQS, S3) on 127.0.0.1:5000, creates the
 tables, queues and bucket, registers the ``base`` image, the ``local`` server
 and a demo app, then serves the API with ``chalice local`` on 127.0.0.1:8000
-and runs the dispatcher.  It supervises what it started: a process that dies
-is restarted.  Ctrl-C (or SIGTERM) stops every process it started.
+and runs the dispatcher and the reconciler (a pass every 10 s).  It
+supervises what it started: a process that dies is restarted.  Ctrl-C (or
+SIGTERM) stops every process it started.
 
 moto keeps its data in memory, so each ``make dev`` starts with empty tables;
 the demo app keeps the same id and secret (``.opendevelop/demo-app.json``) so
@@ -32,9 +33,12 @@ OpenDevelop is running.
   API         {api}   (chalice local, stage "local")
   AWS         {aws}   (moto: DynamoDB, SQS, S3)
   dispatcher  server "{server}" on unix:///var/run/docker.sock
+  reconciler  a pass every 10 s (settles what crashes leave; the cloud runs it every minute)
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
+For the Python client and the `opendevelop` command (in .venv):
+  export OPENDEVELOP_URL={api} OPENDEVELOP_APP_ID={app_id} OPENDEVELOP_SECRET={secret}
 
 Run a file:
   printf 'print("hello opendevelop!")\\n' > test.py
@@ -71,6 +75,7 @@ def main() -> int:
         demo = stack.bootstrap(servers=(server,))
         stack.start_api()
         stack.start_dispatcher(server, name="dispatcher")
+        stack.start_reconciler()
         print(
             BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, server=server, **demo), flush=True
         )
@@ -89,6 +94,8 @@ def main() -> int:
                         stack.bootstrap(servers=(server,))
                     elif name == "api":
                         stack.start_api()
+                    elif name == "reconciler":
+                        stack.start_reconciler()
                     else:
                         stack.start_dispatcher(server, name=name)
     except RuntimeError as e:

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:  # `pytest` run without `python -m`
 
 from infra.local.stack import BASE_IMAGE, DOCKER_URL, Stack, free_port  # noqa: E402
 
-from .helpers import SLOTS, Client, RunningStack, remove_containers, wait_for_text  # noqa: E402
+from .helpers import SLOTS, Client, RunningStack, models_bound_to, remove_containers, wait_for_text  # noqa: E402
 
 LOG_TAIL_LINES = 40
 
@@ -75,11 +75,14 @@ def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLO
     )
     try:
         stack.start_aws()
-        demo = stack.bootstrap(slots=slots, servers=(name,), runtime=runtime)
-        stack.start_api()
-        proc = stack.start_dispatcher(name)
-        wait_for_text(base / "logs" / f"dispatcher-{name}.log", '"dispatcher.ready"', 30, proc)
-        yield RunningStack(stack, name, demo)
+        # In-process admin calls (bootstrap, tests creating apps) go to this stack while it
+        # runs, and back to whichever stack was bound before once it stops.
+        with models_bound_to(stack.settings()):
+            demo = stack.bootstrap(slots=slots, servers=(name,), runtime=runtime)
+            stack.start_api()
+            proc = stack.start_dispatcher(name)
+            wait_for_text(base / "logs" / f"dispatcher-{name}.log", '"dispatcher.ready"', 30, proc)
+            yield RunningStack(stack, name, demo)
     finally:
         stack.stop_all()
         import docker

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,20 @@ def wait_for_text(path: Path, text: str, timeout: float, proc: Any = None) -> st
         if time.monotonic() > deadline:
             raise RuntimeError(f"{text!r} did not appear in {path} within {timeout:g} s")
         time.sleep(0.1)
+
+
+@contextmanager
+def models_bound_to(settings: Any) -> Iterator[None]:
+    """Bind the in-process models to this module's tables, and back to what they were after."""
+    keys = ("table_name", "region", "host", "aws_access_key_id", "aws_secret_access_key")
+    from chalicelib import models
+
+    saved = [(m, {k: getattr(m.Meta, k, None) for k in keys}) for m in models.MODELS]
+    models.configure(settings)
+    try:
+        yield
+    finally:
+        for model, values in saved:
+            for key, value in values.items():
+                setattr(model.Meta, key, value)
+            model._connection = None
