@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test venv host unit functional integration lint format clean
+.PHONY: bench dev test venv host unit functional integration lint format clean
 
 dev: venv host
 	$(PY) -m infra.local.dev
@@ -32,6 +32,10 @@ package: venv
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage prod \
 		--merge-template infra/aws/resources.yaml $(PACKAGE_DIR)
 	$(VENV)/bin/cfn-lint $(PACKAGE_DIR)/sam.yaml
+
+# Benchmarks against the raw engine (not timed tests): prints a table, writes bench/results/*.json.
+bench: venv host
+	$(PY) bench/run.py
 
 venv: $(STAMP)
 
