@@ -489,7 +489,6 @@ class Dispatcher:
                 raise PlatformError(f"storing the output: {e}") from e
             stdout = stderr = logs = ""
         actions: list[Action] = [
-            Sandbox.status.set("terminated"),
             Sandbox.return_code.set(result.return_code),
             Sandbox.timed_out.set(result.timed_out),
             Sandbox.oom_killed.set(result.oom_killed),
@@ -500,6 +499,9 @@ class Dispatcher:
         ]
         for attribute, value in ((Sandbox.stdout, stdout), (Sandbox.stderr, stderr)):
             actions.append(attribute.set(value) if value else attribute.remove())
+        # The status goes last: DynamoDB applies an update atomically, but moto's server applies
+        # it clause by clause, and a reader must never see `terminated` before the result.
+        actions.append(Sandbox.status.set("terminated"))
         try:
             # The result is real: keep trying to write it through a DynamoDB outage.
             self._retry(
