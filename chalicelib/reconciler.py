@@ -54,7 +54,7 @@ from chalicelib.errors import Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
 from chalicelib.scheduling import is_alive, is_healthy, pick_ready
-from chalicelib.settings import Settings, SettingsError
+from chalicelib.settings import Settings, SettingsError, env_float, env_int
 
 logger = logging.getLogger("opendevelop.reconciler")
 
@@ -72,24 +72,11 @@ class ReconcilerSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReconcilerSettings:
         env = os.environ if environ is None else environ
         return cls(
-            max_attempts=int(_number(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20)),
-            resend_after_s=int(_number(env, "OPENDEVELOP_RESEND_AFTER", 60, 1, 86400)),
-            queued_max_s=int(_number(env, "OPENDEVELOP_QUEUED_MAX", 24 * 3600, 60, 14 * 86400)),
-            interval_s=_number(env, "OPENDEVELOP_RECONCILE_INTERVAL", 10, 0.5, 3600),
+            max_attempts=env_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
+            resend_after_s=env_int(env, "OPENDEVELOP_RESEND_AFTER", 60, 1, 86400),
+            queued_max_s=env_int(env, "OPENDEVELOP_QUEUED_MAX", 24 * 3600, 60, 14 * 86400),
+            interval_s=env_float(env, "OPENDEVELOP_RECONCILE_INTERVAL", 10, 0.5, 3600),
         )
-
-
-def _number(env: Mapping[str, str], var: str, default: float, low: float, high: float) -> float:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{var}: {raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{var}: {raw!r} is not between {low:g} and {high:g}")
-    return value
 
 
 @dataclass

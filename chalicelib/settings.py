@@ -210,3 +210,31 @@ def _secret_string(var: str, secret_id: str, aws_kwargs: Mapping[str, Any]) -> s
     if not text:
         raise SettingsError(f"{var}: secret {secret_id!r} holds no string")
     return str(text).strip()
+
+
+def env_int(env: Mapping[str, str], var: str, default: int, low: int, high: int) -> int:
+    """A whole number from ``var``, or ``default`` when unset; a bad value names the variable."""
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{var}: {raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{var}: {value} is not between {low} and {high}")
+    return value
+
+
+def env_float(env: Mapping[str, str], var: str, default: float, low: float, high: float) -> float:
+    """A number from ``var``, or ``default`` when unset; a bad value names the variable."""
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{var}: {raw!r} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise SettingsError(f"{var}: {value} is not between {low:g} and {high:g}")
+    return value

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chalicelib.settings import SettingsError
+from chalicelib.settings import SettingsError, env_float, env_int
 
 
 @dataclass(frozen=True)
@@ -42,50 +42,24 @@ class DispatcherSettings:
             server=server,
             slots=slots if slots is not None else _opt_int(env, "OPENDEVELOP_SLOTS", 1, 256),
             docker_url=env.get("OPENDEVELOP_DOCKER_URL") or None,
-            poll_wait_s=_int(env, "OPENDEVELOP_POLL_WAIT", 10, 0, 20),
-            visibility_s=_int(env, "OPENDEVELOP_VISIBILITY", 60, 10, 43200),
-            heartbeat_s=float(_int(env, "OPENDEVELOP_HEARTBEAT_INTERVAL", 5, 1, 60)),
-            tmp_mb=_int(env, "OPENDEVELOP_TMP_MB", 64, 1, 4096),
-            nofile=_int(env, "OPENDEVELOP_NOFILE", 256, 16, 65536),
+            poll_wait_s=env_int(env, "OPENDEVELOP_POLL_WAIT", 10, 0, 20),
+            visibility_s=env_int(env, "OPENDEVELOP_VISIBILITY", 60, 10, 43200),
+            heartbeat_s=float(env_int(env, "OPENDEVELOP_HEARTBEAT_INTERVAL", 5, 1, 60)),
+            tmp_mb=env_int(env, "OPENDEVELOP_TMP_MB", 64, 1, 4096),
+            nofile=env_int(env, "OPENDEVELOP_NOFILE", 256, 16, 65536),
             user=env.get("OPENDEVELOP_SANDBOX_USER", "1000:1000"),
-            max_attempts=_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
-            retry_budget_s=_int(env, "OPENDEVELOP_RETRY_BUDGET", 120, 0, 3600),
-            backoff_s=_float(env, "OPENDEVELOP_RETRY_BACKOFF", 1.0, 0.0, 30.0),
-            watch_s=_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
+            max_attempts=env_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
+            retry_budget_s=env_int(env, "OPENDEVELOP_RETRY_BUDGET", 120, 0, 3600),
+            backoff_s=env_float(env, "OPENDEVELOP_RETRY_BACKOFF", 1.0, 0.0, 30.0),
+            watch_s=env_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
             instance=secrets.token_hex(4),
             ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
             ssh_known_hosts=_readable(env, "OPENDEVELOP_SSH_KNOWN_HOSTS"),
         )
 
 
-def _int(env: Mapping[str, str], var: str, default: int, low: int, high: int) -> int:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{var}: {raw!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{var}: {value} is not between {low} and {high}")
-    return value
-
-
-def _float(env: Mapping[str, str], var: str, default: float, low: float, high: float) -> float:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{var}: {raw!r} is not a number") from None
-    if not low <= value <= high:  # also refuses nan
-        raise SettingsError(f"{var}: {value} is not between {low:g} and {high:g}")
-    return value
-
-
 def _opt_int(env: Mapping[str, str], var: str, low: int, high: int) -> int | None:
-    return _int(env, var, 0, low, high) if env.get(var, "").strip() else None
+    return env_int(env, var, 0, low, high) if env.get(var, "").strip() else None
 
 
 def _readable(env: Mapping[str, str], var: str) -> str | None:
