@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import requests
 
 from dispatcher.runner import LABEL_SANDBOX, LABEL_SERVER
@@ -113,9 +114,14 @@ class RunningStack:
 
 def remove_containers(docker_client: Any, server: str) -> list[str]:
     """Remove what a dispatcher of ``server`` may have left; return the sandbox ids it belonged to."""
-    leftovers = docker_client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server}"})
+    leftovers = docker_client.containers.list(
+        all=True, filters={"label": f"{LABEL_SERVER}={server}"}, ignore_removed=True
+    )
     for container in leftovers:
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # the dispatcher removed it between the listing and now
     return [c.labels.get(LABEL_SANDBOX, "?") for c in leftovers]
 
 

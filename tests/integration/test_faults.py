@@ -238,7 +238,7 @@ def test_a_cancelled_running_sandbox_is_killed_and_stays_cancelled(faults: Fault
     sandbox_id = faults.submit(["echo started", "sleep 30", "echo never"], timeout="60")
     faults.wait_for(sandbox_id, ("running",), 20)
     deadline = time.monotonic() + 10
-    while not docker_client.containers.list(filters={"name": f"od-{sandbox_id}"}):
+    while not docker_client.containers.list(filters={"name": f"od-{sandbox_id}"}, ignore_removed=True):
         assert time.monotonic() < deadline, "its container never started"
         time.sleep(0.1)
 
@@ -249,7 +249,7 @@ def test_a_cancelled_running_sandbox_is_killed_and_stays_cancelled(faults: Fault
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
-    while docker_client.containers.list(all=True, filters={"name": f"od-{sandbox_id}"}):
+    while docker_client.containers.list(all=True, filters={"name": f"od-{sandbox_id}"}, ignore_removed=True):
         assert time.monotonic() - cancelled_at < 10, "the cancelled sandbox's container is still there"
         time.sleep(0.1)
     killed_s = time.monotonic() - cancelled_at

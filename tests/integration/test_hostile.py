@@ -170,7 +170,9 @@ def test_a_200_mb_output_flood_is_truncated_in_bounded_memory_and_nothing_lands_
     log_types = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not log_types:
-        for container in docker_client.containers.list(filters={"label": f"opendevelop.sandbox={sandbox_id}"}):
+        for container in docker_client.containers.list(
+            filters={"label": f"opendevelop.sandbox={sandbox_id}"}, ignore_removed=True
+        ):
             log_types.add(container.attrs["HostConfig"]["LogConfig"]["Type"])
         time.sleep(0.05)
     done = client.wait_done(sandbox_id, timeout=90)
@@ -350,7 +352,9 @@ def test_everything_made_for_a_run_is_removed(client: Client, stack: RunningStac
         client.wait_done(sandbox_id)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        left = docker_client.containers.list(all=True, filters={"label": f"opendevelop.server={stack.server}"})
+        left = docker_client.containers.list(
+            all=True, filters={"label": f"opendevelop.server={stack.server}"}, ignore_removed=True
+        )
         if not [c for c in left if c.labels.get("opendevelop.sandbox") in ids]:
             break
         time.sleep(0.1)
