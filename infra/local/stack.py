@@ -53,6 +53,11 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = N
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
+def aws_command(port: int) -> list[str]:
+    """moto's server on 127.0.0.1:``port`` (see ``infra/local/moto_local.py``)."""
+    return [str(VENV_BIN / "python"), "-m", "infra.local.moto_local", "-H", "127.0.0.1", "-p", str(port)]
+
+
 @dataclass
 class Stack:
     """One local stack: its ports, its environment and the processes it started."""
@@ -122,7 +127,7 @@ class Stack:
             raise RuntimeError(
                 f"port {self.aws_port} is taken: is another local stack running? (stop it, or set OPENDEVELOP_AWS_PORT)"
             )
-        proc = self.spawn("aws", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.aws_port)])
+        proc = self.spawn("aws", aws_command(self.aws_port))
         wait_http(f"{self.aws_url}/moto-api/", 30, proc)
 
     def start_api(self) -> None:
@@ -133,7 +138,9 @@ class Stack:
         proc = self.spawn(
             "api",
             [
-                str(VENV_BIN / "chalice"),
+                str(VENV_BIN / "python"),
+                "-m",
+                "infra.local.chalice_local",  # `chalice local`, minus a 40 ms delay per answer
                 "local",
                 "--host",
                 "127.0.0.1",

@@ -157,8 +157,9 @@ def test_make_dev_runs_the_example_and_ctrl_c_stops_everything(
     try:
         banner = wait_for_text(out_path, "ready in", 60, dev)
         started = _descendants(dev.pid)
-        kinds = {k for k in ("moto_server", "chalice local", "-m dispatcher") if any(k in c for c in started.values())}
-        assert kinds == {"moto_server", "chalice local", "-m dispatcher"}, started
+        wanted = ("-m infra.local.moto_local", "-m infra.local.chalice_local local", "-m dispatcher")
+        kinds = {k for k in wanted if any(k in c for c in started.values())}
+        assert kinds == set(wanted), started
 
         api = re.search(r"API\s+(http://\S+)", banner)
         demo = re.search(r"Demo app:\s+id (\S+)\s+secret (\S+)", banner)

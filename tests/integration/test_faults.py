@@ -35,7 +35,7 @@ import requests
 
 from chalicelib import aws
 from chalicelib.models import DockerServer, Sandbox, utcnow
-from infra.local.stack import DOCKER_URL, VENV_BIN, Stack, free_port, wait_http
+from infra.local.stack import DOCKER_URL, Stack, aws_command, free_port, wait_http
 
 from .helpers import ROOT, Client, models_bound_to, multipart, remove_containers, wait_for_text
 
@@ -176,7 +176,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iter
     )
     servers = (f"{name}a", f"{name}b")
     try:
-        moto = stack.spawn("aws", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)])
+        moto = stack.spawn("aws", aws_command(moto_port))
         wait_http(f"http://127.0.0.1:{moto_port}/moto-api/", 30, moto)
         proxy = stack.spawn(
             "aws-proxy",
