@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pynamodb.attributes import (
+    BinaryAttribute,
     BooleanAttribute,
     JSONAttribute,
     ListAttribute,
@@ -157,7 +158,8 @@ class Sandbox(_Base):
     limits = JSONAttribute(default=dict)
     env = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
-    files_key = UnicodeAttribute(null=True)  # S3 key of the tar of uploaded files (+ stdin)
+    files_key = UnicodeAttribute(null=True)  # S3 key of the tar of uploaded files (+ stdin), when large
+    files_inline = BinaryAttribute(null=True, legacy_encoding=False)  # the same bytes, when small (no S3 trip)
     files_bytes = NumberAttribute(default=0)  # size of the tar part
     stdin_bytes = NumberAttribute(default=0)
     file_count = NumberAttribute(default=0)

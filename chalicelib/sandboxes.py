@@ -11,7 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
-from chalicelib import aws
+from chalicelib import aws, waiting
 from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
@@ -104,6 +104,11 @@ def _image(name: str) -> Image:
     return image
 
 
+# Files (and stdin) this small travel in the sandbox's row: no S3 round trip to
+# store them, none for the dispatcher to fetch them.  Larger ones go to S3.
+INLINE_PAYLOAD_BYTES = 16 * 1024
+
+
 def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
     """Validate against the app and the platform, store, and queue.  All or nothing."""
     image = _image(req.image)
@@ -128,7 +133,8 @@ def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
         limits=limits,
         env=req.env,
         network=req.network,
-        files_key=f"sandboxes/{sandbox_id}/input.tar" if payload else None,
+        files_key=f"sandboxes/{sandbox_id}/input.tar" if len(payload) > INLINE_PAYLOAD_BYTES else None,
+        files_inline=payload if 0 < len(payload) <= INLINE_PAYLOAD_BYTES else None,
         files_bytes=len(tar),
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
@@ -185,18 +191,8 @@ def parse_wait(raw: str | None) -> float:
 
 
 def wait_settled(app: App, sandbox_id: str, wait_s: float) -> Sandbox:
-    """The sandbox, once it has left queued/running or ``wait_s`` has passed."""
-    deadline = time.monotonic() + wait_s
-    # A fast, steady poll for the first seconds (most runs end within them), then a slower one.
-    delay = 0.025
-    started = time.monotonic()
-    while True:
-        sandbox = get(app, sandbox_id)
-        if sandbox.status in FINAL_STATES or time.monotonic() + delay > deadline:
-            return sandbox
-        time.sleep(delay)
-        if time.monotonic() - started > 3:
-            delay = 0.2
+    """The sandbox, once it has left queued/running or ``wait_s`` has passed (see ``waiting``)."""
+    return waiting.wait(get(app, sandbox_id), wait_s)
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:

@@ -288,8 +288,8 @@ class Dispatcher:
             held = self.inflight.get(sandbox_id)
             if held is None:
                 job = self.inflight[sandbox_id] = Job(sandbox_id, message["MessageId"], message["ReceiptHandle"])
-        if held is None and self.config.visibility_s > RECEIVE_VISIBILITY_S:
-            self._set_visibility(job.receipt, self.config.visibility_s, "queue.extend_failed")
+        # No extension here: the visibility loop extends every message in hand well within
+        # RECEIVE_VISIBILITY_S of its receipt, off the path to the container starting.
         if held is not None:
             if held.message_id == message["MessageId"]:
                 # Our own message came back (an extension was late): keep it, hidden again.
@@ -357,24 +357,11 @@ class Dispatcher:
 
     def _claim(self, sandbox_id: str) -> tuple[Sandbox | None, bool]:
         """queued -> running: ``(row, False)``; ``(row, True)`` for a row running here that no slot
-        holds (a failed settle left it); ``(None, False)`` when there is nothing to do."""
-        try:
-            sandbox = Sandbox.get(sandbox_id, consistent_read=True)
-        except DoesNotExist:
-            log(logger, "sandbox.missing", logging.WARNING, sandbox_id=sandbox_id, server=self.server.name)
-            return None, False
-        if sandbox.status == "running" and sandbox.server == self.server.name:
-            return sandbox, True  # handle() made sure no slot of ours holds it
-        if sandbox.status != "queued" or sandbox.server != self.server.name:
-            log(
-                logger,
-                "sandbox.duplicate_message",
-                sandbox_id=sandbox_id,
-                status=sandbox.status,
-                server=self.server.name,
-                owner=sandbox.server,
-            )
-            return None, False
+        holds (a failed settle left it); ``(None, False)`` when there is nothing to do.
+
+        The common case is one conditional write that returns the whole row; the
+        row is read only when the condition fails, to say why."""
+        sandbox = Sandbox(sandbox_id)
         try:
             # The server condition: a sandbox the reconciler moved to another server is that one's now.
             sandbox.update(
@@ -386,9 +373,9 @@ class Dispatcher:
                 condition=(Sandbox.status == "queued") & (Sandbox.server == self.server.name),
             )
         except UpdateError as e:
-            if _conditional_failed(e):
-                return None, False
-            raise
+            if not _conditional_failed(e):
+                raise
+            return self._not_claimed(sandbox_id)
         log(
             logger,
             "sandbox.claimed",
@@ -398,6 +385,24 @@ class Dispatcher:
             attempt=int(sandbox.attempts),
         )
         return sandbox, False
+
+    def _not_claimed(self, sandbox_id: str) -> tuple[Sandbox | None, bool]:
+        try:
+            sandbox = Sandbox.get(sandbox_id, consistent_read=True)
+        except DoesNotExist:
+            log(logger, "sandbox.missing", logging.WARNING, sandbox_id=sandbox_id, server=self.server.name)
+            return None, False
+        if sandbox.status == "running" and sandbox.server == self.server.name:
+            return sandbox, True  # handle() made sure no slot of ours holds it
+        log(
+            logger,
+            "sandbox.duplicate_message",
+            sandbox_id=sandbox_id,
+            status=sandbox.status,
+            server=self.server.name,
+            owner=sandbox.server,
+        )
+        return None, False
 
     def _spec(self, sandbox: Sandbox) -> RunSpec:
         limits = sandbox.limits or {}
@@ -421,7 +426,7 @@ class Dispatcher:
 
     def _run_claimed(self, sandbox: Sandbox, job: Job) -> None:
         spec = self._spec(sandbox)
-        payload = b""
+        payload = bytes(sandbox.files_inline or b"")
         if sandbox.files_key:
             key = sandbox.files_key
             try:
@@ -494,6 +499,7 @@ class Dispatcher:
             Sandbox.oom_killed.set(result.oom_killed),
             Sandbox.output_truncated.set(result.output_truncated),
             Sandbox.finished_at.set(utcnow()),
+            Sandbox.files_inline.remove(),  # done with: keeps finished rows (and list pages) small
             Sandbox.logs.set(logs) if not output_key else Sandbox.logs.remove(),
             Sandbox.output_key.set(output_key) if output_key else Sandbox.output_key.remove(),
         ]
@@ -611,7 +617,7 @@ class Dispatcher:
 
     def _visibility_loop(self) -> None:
         """Keep the messages of sandboxes in hand hidden.  SQS only: a DynamoDB outage cannot delay it."""
-        interval = max(1.0, self.config.visibility_s / 3)
+        interval = max(1.0, min(self.config.visibility_s / 3, RECEIVE_VISIBILITY_S / 2))
         while not self.cold.wait(interval):
             with self._lock:
                 receipts = [job.receipt for job in self.inflight.values()]

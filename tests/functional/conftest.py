@@ -198,6 +198,13 @@ class World:
     def stored_object(self, key: str) -> bytes:
         return aws.get_object(self.settings, key)
 
+    def stored_payload(self, row: Sandbox) -> bytes:
+        """The tar (+ stdin) a sandbox will be given: in its row when small, in S3 when not."""
+        if row.files_key:
+            assert row.files_inline is None
+            return self.stored_object(row.files_key)
+        return bytes(row.files_inline or b"")
+
     def queued_messages(self) -> list[dict[str, Any]]:
         """Every message waiting on the server's queue (received, so they stay hidden)."""
         bodies: list[dict[str, Any]] = []

@@ -60,8 +60,8 @@ def test_the_documented_multipart_request_queues_a_sandbox(world):
 
     row = Sandbox.get(sandbox_id)
     assert (row.app_id, row.status, list(row.cmd), row.server) == (world.app_id, "queued", ["python test.py"], "local")
-    assert world.stored_keys() == [row.files_key]
-    assert untar(world.stored_object(row.files_key)) == {"test.py": TEST_PY}
+    assert row.files_key is None and world.stored_keys() == []  # small: the files travel in the row
+    assert untar(row.files_inline) == {"test.py": TEST_PY}
     assert world.queued_messages() == [{"sandbox_id": sandbox_id}]
 
 
@@ -115,7 +115,7 @@ def test_json_files_may_be_text_or_base64_and_live_in_sub_folders(world):
 
     assert response.status_code == 201, response.json_body
     row = Sandbox.get(response.json_body["id"])
-    assert untar(world.stored_object(row.files_key)) == {
+    assert untar(world.stored_payload(row)) == {
         "main.py": b"from lib import util\n",
         "lib/util.py": "ANSWER = 'é'\n".encode(),
         "data/blob.bin": binary,
@@ -127,7 +127,8 @@ def test_a_sandbox_may_have_no_files(world):
 
     assert response.status_code == 201
     assert response.json_body["files"] == 0
-    assert Sandbox.get(response.json_body["id"]).files_key is None
+    row = Sandbox.get(response.json_body["id"])
+    assert row.files_key is None and row.files_inline is None
     assert world.stored_keys() == []
     assert world.queued_messages() == [{"sandbox_id": response.json_body["id"]}]
 
@@ -164,6 +165,20 @@ def test_multipart_cmd_may_be_one_command_line(world):
     assert response.json_body["cmd"] == '["python test.py"]'
 
 
+def test_files_too_large_for_the_row_go_to_s3_and_small_ones_stay_in_it(world):
+    big = bytes(range(256)) * 80  # 20 KiB: over the row's 16 KiB
+    small = world.post_form([("image", "base"), ("cmd", "python a.py")], [("a.py", b"print(1)\n")])
+    large = world.post_form([("image", "base"), ("cmd", "python a.py")], [("a.py", b"print(1)\n"), ("blob", big)])
+
+    assert small.status_code == large.status_code == 201
+    small_row, large_row = Sandbox.get(small.json_body["id"]), Sandbox.get(large.json_body["id"])
+    assert small_row.files_key is None and len(small_row.files_inline) == small_row.files_bytes
+    assert small_row.files_bytes == 2048  # header, one block of content, the end marker: no 10 KiB padding
+    assert large_row.files_inline is None
+    assert world.stored_keys() == [large_row.files_key] == [f"sandboxes/{large_row.sandbox_id}/input.tar"]
+    assert untar(world.stored_payload(large_row)) == {"a.py": b"print(1)\n", "blob": big}
+
+
 def test_multipart_file_names_may_hold_sub_folders(world):
     response = world.post_form(
         [("image", "base"), ("cmd", "python app/main.py")],
@@ -172,7 +187,7 @@ def test_multipart_file_names_may_hold_sub_folders(world):
 
     assert response.status_code == 201
     row = Sandbox.get(response.json_body["id"])
-    assert untar(world.stored_object(row.files_key)) == {"app/main.py": b"import helper\n", "app/helper.py": b""}
+    assert untar(world.stored_payload(row)) == {"app/main.py": b"import helper\n", "app/helper.py": b""}
 
 
 def test_each_sandbox_goes_onto_the_queue_once(world):
