@@ -54,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispatcher: cannot reach the Docker engine at {url}: {e}", file=sys.stderr)
         return 1
     runner = Runner(
-        client, server.name, runtime=server.runtime, user=config.user, tmp_mb=config.tmp_mb, nofile=config.nofile
+        client,
+        server.name,
+        runtime=server.runtime,
+        user=config.user,
+        tmp_mb=config.tmp_mb,
+        nofile=config.nofile,
+        pool_size=min(slots, 4) if config.pool_size is None else config.pool_size,
     )
     dispatcher = Dispatcher(settings, config, server, runner)
     dispatcher.install_signal_handlers()

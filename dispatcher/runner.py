@@ -3,12 +3,15 @@
 The container gets no network, a read-only root, a size-capped tmpfs as its
 working folder (``/sandbox``) and another as ``/tmp``, a non-root user, no
 capabilities, ``no-new-privileges``, an init process, and memory (swap equal
-to it), CPU, pids and open-files limits.  Files arrive without any host path:
-the tar the API stored, followed by the program's stdin, is written to the
-container's stdin, and a tiny shell prologue unpacks exactly ``files_bytes``
-of it into ``/sandbox`` before ``exec``-ing the command, which inherits the
-rest as its stdin.  That works the same for a local engine and an ``ssh://``
-one, and the dispatcher never touches a path sandboxed code could change.
+to it), CPU, pids and open-files limits.  Everything a run needs arrives on the
+container's stdin, without any host path: a header line, the command (with the
+sandbox's environment as ``export`` lines), the tar the API stored, then the
+program's own stdin.  A tiny shell prologue reads exactly the header's byte
+counts, unpacks the tar into ``/sandbox`` and ``exec``-s the command, which
+inherits the rest as its stdin.  That works the same for a local engine and an
+``ssh://`` one, and the dispatcher never touches a path sandboxed code could
+change.  Because nothing of a run is in the container's configuration, a
+container can be made and started before its run is known (see ``pool``).
 
 Output is read from the attach stream as it comes, kept up to the cap per
 stream and counted beyond it, so a flood costs the dispatcher a fixed buffer,
@@ -18,6 +21,9 @@ and the engine's log driver is ``none`` so nothing lands on the host's disk.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+import shlex
 import socket
 import struct
 import threading
@@ -30,18 +36,23 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Ulimit
 
 from chalicelib.logs import log
+from dispatcher.pool import Pool, Shape
 
 logger = logging.getLogger("opendevelop.dispatcher")
 
 LABEL_SANDBOX = "opendevelop.sandbox"
 LABEL_SERVER = "opendevelop.server"
 WORKDIR = "/sandbox"
-# $1: bytes of tar to unpack, $2: the command line.  `head -c` reads exactly
-# that much, so whatever follows on stdin is the program's own.
+LABEL_POOL = "opendevelop.pool"
+# stdin: "<tar bytes> <command bytes>\n", the command, the tar, then the program's own stdin.
+# `read` takes the header line byte by byte and `head -c` reads exactly what it is asked, so
+# whatever follows is the program's own.
 PROLOGUE = (
-    'if [ "$1" -gt 0 ]; then head -c "$1" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
-    "cd " + WORKDIR + ' && exec /bin/sh -c "$2"'
+    'read -r n m || exit 125; c=$(head -c "$m") || exit 125; '
+    'if [ "$n" -gt 0 ]; then head -c "$n" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
+    "cd " + WORKDIR + ' && exec /bin/sh -c "$c"'
 )
+_RUN_NAME = re.compile(r"^/?od-([0-9a-zA-Z]+)$")  # od-<sandbox id>; spares are od-spare-<hex>
 READ_CHUNK = 64 * 1024
 
 
@@ -131,6 +142,13 @@ def _demux(raw: Any, capture: _Capture) -> None:
             view = view[len(take) :]
 
 
+def stdin_for(spec: RunSpec, payload: bytes) -> bytes:
+    """What the prologue reads: the header, the command (environment first), then the tar and stdin."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
+    script = (exports + " && ".join(spec.cmd)).encode()
+    return f"{spec.files_bytes} {len(script)}\n".encode() + script + payload
+
+
 def _send_input(raw: Any, payload: bytes) -> None:
     """Write the tar and stdin, then close our writing side so the program sees EOF."""
     try:
@@ -156,6 +174,7 @@ class Runner:
         user: str = "1000:1000",
         tmp_mb: int = 64,
         nofile: int = 256,
+        pool_size: int = 0,
     ) -> None:
         self.api = client
         self.server = server
@@ -165,6 +184,8 @@ class Runner:
         self.nofile = nofile
         self._images: set[str] = set()
         self._lock = threading.Lock()
+        self.live: set[str] = set()  # ids of the containers made here and not removed yet
+        self.pool: Pool | None = Pool(self, pool_size) if pool_size > 0 else None
 
     # Images
 
@@ -211,7 +232,7 @@ class Runner:
             limits.append(Ulimit(name="nproc", soft=pids, hard=pids))
         return limits
 
-    def create(self, spec: RunSpec) -> str:
+    def _create(self, spec: RunSpec, name: str, labels: dict[str, str]) -> str:
         if not self.has_image(spec.docker_image):
             raise PlatformError(f"image {spec.docker_image} is not present on server {self.server}", transient=False)
         host_config = self.api.create_host_config(
@@ -236,34 +257,84 @@ class Runner:
             log_config=LogConfig(type="none"),  # output is read live; nothing is kept on the host's disk
             runtime=self.runtime,
         )
-        env = {"HOME": WORKDIR, "LANG": "C.UTF-8", **spec.env}
-        command = ["/bin/sh", "-c", PROLOGUE, "sandbox", str(spec.files_bytes), " && ".join(spec.cmd)]
         kwargs: dict[str, Any] = dict(
             image=spec.docker_image,
-            command=command,
+            command=["/bin/sh", "-c", PROLOGUE],
             user=self.user,
-            environment=env,
+            environment={"HOME": WORKDIR, "LANG": "C.UTF-8"},  # the sandbox's own come with its command
             stdin_open=True,  # docker-py sets StdinOnce with it: closing our side closes the program's stdin
             tty=False,
             hostname="sandbox",
-            labels={LABEL_SANDBOX: spec.sandbox_id, LABEL_SERVER: self.server},
-            name=self.container_name(spec.sandbox_id),
+            labels={LABEL_SERVER: self.server, **labels},
+            name=name,
             host_config=host_config,
         )
         try:
-            return str(self.api.create_container(**kwargs)["Id"])
+            cid = str(self.api.create_container(**kwargs)["Id"])
         except APIError as e:
             if e.status_code != 409:
                 raise PlatformError(f"creating the container: {e.explanation or e}") from e
-        # A container of that name survives from an earlier attempt: it is stale by definition.
-        self.remove(self.container_name(spec.sandbox_id))
+            # A container of that name survives from an earlier attempt: it is stale by definition.
+            self.remove(name)
+            try:
+                cid = str(self.api.create_container(**kwargs)["Id"])
+            except DockerException as e2:
+                raise PlatformError(f"creating the container: {e2}") from e2
+        with self._lock:
+            self.live.add(cid)
+        return cid
+
+    def create(self, spec: RunSpec) -> str:
+        """A container for this run, not started."""
+        return self._create(spec, self.container_name(spec.sandbox_id), {LABEL_SANDBOX: spec.sandbox_id})
+
+    def start_spare(self, shape: Shape) -> str:
+        """A started container of ``shape``, waiting for a run on its stdin (see ``pool``)."""
+        spec = RunSpec(
+            sandbox_id="",
+            docker_image=shape.docker_image,
+            cmd=[],
+            timeout_s=0,
+            memory_mb=shape.memory_mb,
+            cpus=shape.cpus,
+            pids=shape.pids,
+            disk_mb=shape.disk_mb,
+            output_bytes=0,
+        )
+        cid = self._create(spec, f"od-spare-{secrets.token_hex(6)}", {LABEL_POOL: "1"})
         try:
-            return str(self.api.create_container(**kwargs)["Id"])
-        except DockerException as e:
-            raise PlatformError(f"creating the container: {e}") from e
+            self.api.start(cid)
+        except DockerException:
+            self.remove(cid)
+            raise
+        return cid
+
+    def _take_spare(self, spec: RunSpec) -> str | None:
+        """A running spare for this run, named for it; None when there is none (or it is not usable)."""
+        if self.pool is None:
+            return None
+        cid = self.pool.take(spec)
+        if cid is None:
+            return None
+        try:
+            if not self.api.inspect_container(cid)["State"].get("Running"):
+                raise NotFound("the spare is not running")
+            name = self.container_name(spec.sandbox_id)
+            try:
+                self.api.rename(cid, name)
+            except APIError as e:
+                if e.status_code != 409:
+                    raise
+                self.remove(name)  # stale, from an earlier attempt
+                self.api.rename(cid, name)
+            return cid
+        except Exception as e:  # noqa: BLE001 - a new container is made instead (and meets the same fault, if any)
+            log(logger, "pool.spare_unusable", logging.WARNING, container=cid, error=str(e)[:300])
+            self.remove(cid)
+            return None
 
     def run(self, spec: RunSpec, payload: bytes, remove: bool = True) -> RunResult:
-        """Run to the end (or the timeout).
+        """Run to the end (or the timeout), in a spare when the pool has one, else in a new container.
 
         The container is removed before returning unless ``remove`` is false, in
         which case the caller must call ``remove(result.container_id)`` -- the
@@ -273,8 +344,11 @@ class Runner:
         cid = None
         ok = False
         try:
-            cid = self.create(spec)
-            result = self._run(cid, spec, payload)
+            cid = self._take_spare(spec)
+            running = cid is not None
+            if cid is None:
+                cid = self.create(spec)
+            result = self._run(cid, spec, payload, running)
             ok = True
             return result
         except DockerException as e:
@@ -283,7 +357,7 @@ class Runner:
             if cid and (remove or not ok):
                 self.remove(cid)
 
-    def _run(self, cid: str, spec: RunSpec, payload: bytes) -> RunResult:
+    def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
         capture = _Capture(spec.output_bytes)
@@ -291,12 +365,13 @@ class Runner:
         started = time.monotonic()
         try:
             raw.settimeout(spec.timeout_s + 60)  # a backstop only: the kill below ends the stream
-            self.api.start(cid)
+            if not running:
+                self.api.start(cid)
             started = time.monotonic()
             killer = threading.Timer(spec.timeout_s, self._kill_on_timeout, (cid, timed_out))
             killer.daemon = True
             killer.start()
-            writer = threading.Thread(target=_send_input, args=(raw, payload), daemon=True)
+            writer = threading.Thread(target=_send_input, args=(raw, stdin_for(spec, payload)), daemon=True)
             writer.start()
             try:
                 _demux(raw, capture)
@@ -339,12 +414,32 @@ class Runner:
             pass  # already gone or already stopped
 
     def remove(self, cid: str) -> None:
+        """Remove a container; never raises.  One that cannot be removed now (the engine is away)
+        is forgotten here and removed by the dispatcher's next sweep (or its next start)."""
         try:
             self.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
-        except DockerException as e:
-            log(logger, "container.remove_failed", logging.WARNING, container=cid, error=str(e))
+        except Exception as e:  # noqa: BLE001 - DockerException, or requests' own when the engine is gone
+            log(logger, "container.remove_failed", logging.WARNING, container=cid, error=str(e)[:300])
+        finally:
+            with self._lock:
+                self.live.discard(cid)
+
+    def live_ids(self) -> set[str]:
+        with self._lock:
+            return set(self.live)
+
+    def sandbox_of(self, container: dict[str, Any]) -> str:
+        """The sandbox a listed container ran (its label, or the name a spare took); "" for a spare."""
+        label = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
+        if label:
+            return str(label)
+        for name in container.get("Names") or []:
+            match = _RUN_NAME.match(name)
+            if match:
+                return match.group(1)
+        return ""
 
     def leftovers(self) -> list[dict[str, Any]]:
         """Containers of this server that a previous dispatcher left behind."""

@@ -25,6 +25,7 @@ class DispatcherSettings:
     retry_budget_s: int = 120  # how long a transient DynamoDB/S3 failure is retried in place before giving up
     backoff_s: float = 1.0  # first delay before a failed message comes back; doubles per failure, at most 30 s
     watch_s: float = 1.0  # how often the rows of running sandboxes are checked for a cancel
+    pool_size: int | None = None  # started spares per recent shape (see dispatcher.pool); None: one per slot, up to 4
     instance: str = ""
     # For an ssh:// Docker URL: the private key and the known hosts file (default: ~/.ssh's).
     ssh_identity: str | None = None
@@ -52,6 +53,7 @@ class DispatcherSettings:
             retry_budget_s=env_int(env, "OPENDEVELOP_RETRY_BUDGET", 120, 0, 3600),
             backoff_s=env_float(env, "OPENDEVELOP_RETRY_BACKOFF", 1.0, 0.0, 30.0),
             watch_s=env_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
+            pool_size=_opt_int(env, "OPENDEVELOP_POOL", 0, 64),
             instance=secrets.token_hex(4),
             ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
             ssh_known_hosts=_readable(env, "OPENDEVELOP_SSH_KNOWN_HOSTS"),

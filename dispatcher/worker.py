@@ -58,7 +58,7 @@ from chalicelib.errors import Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
 from chalicelib.settings import Settings
-from dispatcher.runner import LABEL_SANDBOX, PlatformError, Runner, RunResult, RunSpec
+from dispatcher.runner import PlatformError, Runner, RunResult, RunSpec
 from dispatcher.settings import DispatcherSettings
 
 logger = logging.getLogger("opendevelop.dispatcher")
@@ -161,6 +161,8 @@ class Dispatcher:
 
     def serve(self) -> None:
         self.recover()
+        if self.runner.pool is not None:
+            self.runner.pool.start()
         for target, name in (
             (self._heartbeat_loop, "heartbeat"),
             (self._visibility_loop, "visibility"),
@@ -193,6 +195,8 @@ class Dispatcher:
                     self.free.release()
                 for message in messages:
                     pool.submit(self._handle_in_slot, message)
+        if self.runner.pool is not None:
+            self.runner.pool.close()
         self.done.set()
         self._beat()
         log(logger, "dispatcher.stopped", server=self.server.name, runs=self.runs)
@@ -302,8 +306,15 @@ class Dispatcher:
         try:
             self._handle_job(job, receives)
         finally:
-            with self._lock:
-                self.inflight.pop(sandbox_id, None)
+            self._release(job)
+
+    def _release(self, job: Job) -> None:
+        """The job is no longer in hand.  Done before its message can show again (a fresh
+        wake-up, a backoff of 0 s): otherwise the new delivery could find it still in hand
+        and be taken for a duplicate."""
+        with self._lock:
+            if self.inflight.get(job.sandbox_id) is job:
+                del self.inflight[job.sandbox_id]
 
     def _handle_job(self, job: Job, receives: int) -> None:
         try:
@@ -359,9 +370,26 @@ class Dispatcher:
         """queued -> running: ``(row, False)``; ``(row, True)`` for a row running here that no slot
         holds (a failed settle left it); ``(None, False)`` when there is nothing to do.
 
-        The common case is one conditional write that returns the whole row; the
-        row is read only when the condition fails, to say why."""
-        sandbox = Sandbox(sandbox_id)
+        The row is read before it is written: a row this dispatcher cannot read (a
+        newer or broken writer made it) must fail every delivery untouched, so it
+        ends in the dead-letter queue rather than ``running`` here."""
+        try:
+            sandbox = Sandbox.get(sandbox_id, consistent_read=True)
+        except DoesNotExist:
+            log(logger, "sandbox.missing", logging.WARNING, sandbox_id=sandbox_id, server=self.server.name)
+            return None, False
+        if sandbox.status == "running" and sandbox.server == self.server.name:
+            return sandbox, True  # handle() made sure no slot of ours holds it
+        if sandbox.status != "queued" or sandbox.server != self.server.name:
+            log(
+                logger,
+                "sandbox.duplicate_message",
+                sandbox_id=sandbox_id,
+                status=sandbox.status,
+                server=self.server.name,
+                owner=sandbox.server,
+            )
+            return None, False
         try:
             # The server condition: a sandbox the reconciler moved to another server is that one's now.
             sandbox.update(
@@ -373,9 +401,9 @@ class Dispatcher:
                 condition=(Sandbox.status == "queued") & (Sandbox.server == self.server.name),
             )
         except UpdateError as e:
-            if not _conditional_failed(e):
-                raise
-            return self._not_claimed(sandbox_id)
+            if _conditional_failed(e):
+                return None, False
+            raise
         log(
             logger,
             "sandbox.claimed",
@@ -385,24 +413,6 @@ class Dispatcher:
             attempt=int(sandbox.attempts),
         )
         return sandbox, False
-
-    def _not_claimed(self, sandbox_id: str) -> tuple[Sandbox | None, bool]:
-        try:
-            sandbox = Sandbox.get(sandbox_id, consistent_read=True)
-        except DoesNotExist:
-            log(logger, "sandbox.missing", logging.WARNING, sandbox_id=sandbox_id, server=self.server.name)
-            return None, False
-        if sandbox.status == "running" and sandbox.server == self.server.name:
-            return sandbox, True  # handle() made sure no slot of ours holds it
-        log(
-            logger,
-            "sandbox.duplicate_message",
-            sandbox_id=sandbox_id,
-            status=sandbox.status,
-            server=self.server.name,
-            owner=sandbox.server,
-        )
-        return None, False
 
     def _spec(self, sandbox: Sandbox) -> RunSpec:
         limits = sandbox.limits or {}
@@ -448,7 +458,7 @@ class Dispatcher:
                 log(logger, "sandbox.cancel_killed", sandbox_id=sandbox.sandbox_id, server=self.server.name)
                 return  # the row already says cancelled; the write below would be refused anyway
             if result.return_code in (137, 143) and not result.timed_out and not result.oom_killed:
-                stopper = self._stopped_from_outside(sandbox.sandbox_id, started)
+                stopper = self._stopped_from_outside(result.container_id, started)
                 if stopper:
                     self.engine_up.clear()
                     raise Abort(f"the container was stopped from outside the dispatcher ({stopper})")
@@ -457,7 +467,7 @@ class Dispatcher:
             if result.container_id:
                 self.runner.remove(result.container_id)
 
-    def _stopped_from_outside(self, sandbox_id: str, since: float) -> str:
+    def _stopped_from_outside(self, container_id: str, since: float) -> str:
         """Why the engine (shutting down, say) or an operator signalled the container; empty when nobody did.
 
         The dispatcher itself only ever sends SIGKILL (timeout, cancel, stop), and
@@ -468,7 +478,7 @@ class Dispatcher:
             events = self.runner.api.events(
                 since=since - 1,
                 until=time.time(),
-                filters={"container": self.runner.container_name(sandbox_id), "event": ["kill", "stop"]},
+                filters={"container": container_id, "event": ["kill", "stop"]},
                 decode=True,
             )
             for event in events:
@@ -593,6 +603,7 @@ class Dispatcher:
 
     def _fresh_wakeup(self, job: Job, delay_s: int) -> None:
         """Replace the job's message by a new one (receive count 0); sent first, so there is never none."""
+        self._release(job)
         try:
             aws.send_wakeup(self.settings, self.server.queue_url, job.sandbox_id, delay_s=delay_s)
         except Unavailable as e:
@@ -607,6 +618,7 @@ class Dispatcher:
 
     def _retry_soon(self, job: Job, failures: int) -> None:
         """Let a message come back after a backoff that doubles per failure, not the full visibility timeout."""
+        self._release(job)
         if failures <= 0 or self.cold.is_set():
             delay = 0
         else:
@@ -685,9 +697,13 @@ class Dispatcher:
         """The engine is unreachable: take no work until it answers again."""
         delay = 0.5
         log(logger, "engine.unreachable", logging.WARNING, server=self.server.name)
+        if self.runner.pool is not None:
+            self.runner.pool.pause()  # its spares died with the engine, or cannot be trusted
         while not self.stopping.is_set():
             if self._engine_answers():
                 log(logger, "engine.back", server=self.server.name)
+                if self.runner.pool is not None:
+                    self.runner.pool.resume()
                 self.engine_up.set()
                 return
             self.stopping.wait(delay)
@@ -738,11 +754,13 @@ class Dispatcher:
             return
         with self._lock:
             held = set(self.inflight)
+        live = self.runner.live_ids()
         for container in containers:
-            sandbox_id = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
-            if sandbox_id and sandbox_id not in held:
-                log(logger, "sweep.removed", sandbox_id=sandbox_id, server=self.server.name)
-                self.runner.remove(container["Id"])
+            sandbox_id = self.runner.sandbox_of(container)
+            if sandbox_id in held or (not sandbox_id and container["Id"] in live):
+                continue  # a run in hand, or a spare of the pool (or one being taken)
+            log(logger, "sweep.removed", sandbox_id=sandbox_id or None, server=self.server.name)
+            self.runner.remove(container["Id"])
 
     def recover(self) -> None:
         """Settle what a dead dispatcher of this server left: its containers and claimed rows.
@@ -752,7 +770,7 @@ class Dispatcher:
         given back to run again (or marked ``error`` past ``max_attempts``).
         """
         for container in self.runner.leftovers():
-            sandbox_id = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
+            sandbox_id = self.runner.sandbox_of(container)
             self.runner.remove(container["Id"])
             if sandbox_id:
                 self._requeue_orphan(sandbox_id, "the dispatcher stopped while the sandbox ran")

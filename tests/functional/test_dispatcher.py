@@ -46,6 +46,7 @@ class FakeRunner:
         self.killed: list[str] = []
         self.removed: list[str] = []
         self.api = FakeEngine()
+        self.pool = None
 
     def run(self, spec: RunSpec, payload: bytes, remove: bool = True) -> RunResult:
         self.runs.append(spec.sandbox_id)
@@ -61,6 +62,12 @@ class FakeRunner:
 
     def leftovers(self) -> list[dict[str, Any]]:
         return []
+
+    def live_ids(self) -> set[str]:
+        return set()
+
+    def sandbox_of(self, container: dict[str, Any]) -> str:
+        return str((container.get("Labels") or {}).get("opendevelop.sandbox", ""))
 
     def remove(self, cid: str) -> None:
         self.removed.append(cid)

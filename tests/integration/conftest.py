@@ -89,7 +89,7 @@ def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLO
 
         left = remove_containers(docker.DockerClient(base_url=DOCKER_URL, timeout=30), name)
         if left:  # the dispatcher should remove every container it made, whatever happened
-            warnings.warn(f"removed containers the dispatcher left behind, of sandboxes {left}", stacklevel=1)
+            warnings.warn(f"removed containers the dispatcher left behind: {left}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

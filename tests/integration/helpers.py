@@ -13,10 +13,10 @@ from typing import Any
 import docker.errors
 import requests
 
-from dispatcher.runner import LABEL_SANDBOX, LABEL_SERVER
+from dispatcher.runner import LABEL_SERVER
 from infra.local.stack import ROOT, Stack
 
-__all__ = ["ROOT", "Client", "RunningStack", "multipart", "remove_containers", "wait_for_text"]
+__all__ = ["ROOT", "Client", "RunningStack", "multipart", "remove_containers", "run_containers", "wait_for_text"]
 
 UNFINISHED = ("queued", "running")
 SLOTS = 2  # the test server's slots
@@ -112,8 +112,14 @@ class RunningStack:
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
+def run_containers(docker_client: Any, server: str) -> list[Any]:
+    """The containers of ``server`` other than the pool's idle spares (see ``dispatcher.pool``)."""
+    listed = docker_client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server}"}, ignore_removed=True)
+    return [c for c in listed if not c.name.startswith("od-spare-")]
+
+
 def remove_containers(docker_client: Any, server: str) -> list[str]:
-    """Remove what a dispatcher of ``server`` may have left; return the sandbox ids it belonged to."""
+    """Remove what a dispatcher of ``server`` may have left (spares included); return their names."""
     leftovers = docker_client.containers.list(
         all=True, filters={"label": f"{LABEL_SERVER}={server}"}, ignore_removed=True
     )
@@ -122,7 +128,7 @@ def remove_containers(docker_client: Any, server: str) -> list[str]:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass  # the dispatcher removed it between the listing and now
-    return [c.labels.get(LABEL_SANDBOX, "?") for c in leftovers]
+    return [c.name for c in leftovers]
 
 
 def wait_for_text(path: Path, text: str, timeout: float, proc: Any = None) -> str:

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from dispatcher.runner import LABEL_SANDBOX
-
-from .helpers import SLOTS, Client, RunningStack, multipart
+from .helpers import SLOTS, Client, RunningStack, multipart, run_containers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,9 +68,7 @@ def test_a_run_over_its_timeout_is_killed_near_the_limit(
     # The killed container is gone too, not just the process.  The dispatcher removes it right
     # after recording the result (so removal is not on the client's path): allow it a moment.
     deadline = time.monotonic() + 10
-    while docker_client.containers.list(
-        all=True, filters={"label": f"{LABEL_SANDBOX}={done['id']}"}, ignore_removed=True
-    ):
+    while docker_client.containers.list(all=True, filters={"name": f"od-{done['id']}"}, ignore_removed=True):
         assert time.monotonic() < deadline, "the killed container was not removed"
         time.sleep(0.1)
 
@@ -162,9 +158,7 @@ def test_several_sandboxes_at_once_each_get_their_own_output(
     most = max(sum(1 for start, end in intervals if start <= t < end) for t, _ in intervals)
     assert most == SLOTS, intervals
     deadline = time.monotonic() + 10  # removed right after each result is recorded
-    while docker_client.containers.list(
-        all=True, filters={"label": f"opendevelop.server={stack.server}"}, ignore_removed=True
-    ):
+    while run_containers(docker_client, stack.server):
         assert time.monotonic() < deadline, "containers were left behind"
         time.sleep(0.1)
 

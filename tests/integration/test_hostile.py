@@ -170,9 +170,7 @@ def test_a_200_mb_output_flood_is_truncated_in_bounded_memory_and_nothing_lands_
     log_types = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not log_types:
-        for container in docker_client.containers.list(
-            filters={"label": f"opendevelop.sandbox={sandbox_id}"}, ignore_removed=True
-        ):
+        for container in docker_client.containers.list(filters={"name": f"od-{sandbox_id}"}, ignore_removed=True):
             log_types.add(container.attrs["HostConfig"]["LogConfig"]["Type"])
         time.sleep(0.05)
     done = client.wait_done(sandbox_id, timeout=90)
@@ -355,7 +353,7 @@ def test_everything_made_for_a_run_is_removed(client: Client, stack: RunningStac
         left = docker_client.containers.list(
             all=True, filters={"label": f"opendevelop.server={stack.server}"}, ignore_removed=True
         )
-        if not [c for c in left if c.labels.get("opendevelop.sandbox") in ids]:
+        if not [c for c in left if c.name in {f"od-{sandbox_id}" for sandbox_id in ids}]:
             break
         time.sleep(0.1)
     else:
