@@ -10,9 +10,13 @@ same run:
 * throughput: 200 sandboxes submitted at once at 2, 4 and 8 slots, beside the
   raw engine at the same concurrency;
 * API: ``GET /api/sandboxes/{id}`` and the first page of ``GET /api/sandboxes``
-  with 100, 1,000 and 10,000 sandboxes stored;
+  with 100, 1,000 and 10,000 sandboxes stored, beside the one DynamoDB
+  ``Query`` behind the page made directly against the local AWS endpoint;
 * memory: the dispatcher's peak RSS through the throughput runs and through a
-  200 MB output flood.
+  200 MB output flood;
+* the CPU the local stack's own processes (moto's server, ``chalice local``,
+  the dispatcher) take per run during the throughput runs: on one machine it
+  is taken from the engine.
 
 Results go to ``bench/results/<time>.json`` with the machine's description.
 Medians are quoted: machines here are noisy.  Options: ``--quick`` for a
@@ -83,6 +87,15 @@ class Bench:
         # Wait for a heartbeat with the new slots so the API routes work to it.
         time.sleep(0.5)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each process of the local stack has used so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for name, proc in self.stack.procs.items():
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def dispatcher_peak_rss_mb(self) -> float:
         pid = self.stack.procs["dispatcher"].pid
         status = Path(f"/proc/{pid}/status").read_text()
@@ -106,6 +119,15 @@ class Bench:
             if data["status"] not in ("queued", "running"):
                 return data
 
+    def settle(self, slots: int | None = None, timeout_s: float = 5.0) -> None:
+        """Wait until the dispatcher has replaced the spare container a run took (see
+        ``dispatcher/pool.py``), so that background work is not timed as the raw engine's."""
+        want = min(slots or self.slots, 4)  # the dispatcher's default pool size
+        deadline = time.monotonic() + timeout_s
+        filters = {"label": f"opendevelop.server={self.name}", "name": "od-spare-", "status": "running"}
+        while len(self.docker.api.containers(filters=filters)) < want and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def one_run(self) -> float:
         started = time.perf_counter()
         done = self.wait(self.submit())
@@ -119,8 +141,10 @@ def latency(bench: Bench, runs: int) -> dict[str, Any]:
     sdk_run(bench.docker)
     cli_run()
     platform_s, sdk_s, cli_s = [], [], []
+    bench.settle()
     for _ in range(runs):  # interleaved, so noise hits all three alike
         platform_s.append(bench.one_run())
+        bench.settle()  # the pool's refill is not the raw engine's to pay for
         sdk_s.append(sdk_run(bench.docker))
         cli_s.append(cli_run())
     p, s, c = percentiles(platform_s), percentiles(sdk_s), percentiles(cli_s)
@@ -138,11 +162,14 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
     out: dict[str, Any] = {}
     for slots in slot_counts:
         bench.start_dispatcher(slots)
+        cpu_before = bench.cpu_seconds()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             ids = list(pool.map(lambda _: bench.submit(), range(runs)))
             results = list(pool.map(bench.wait, ids))
         platform_wall = time.perf_counter() - started
+        cpu_after = bench.cpu_seconds()
+        bench.settle(slots)
         bad = [r for r in results if r["status"] != "terminated" or r["logs"] != HELLO]
         rss = bench.dispatcher_peak_rss_mb()
         started = time.perf_counter()
@@ -159,6 +186,8 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
             "failed": len(bad),
             "failures": sorted({f"{r['status']}: {r['error'] or (r['logs'] or '')[:200]}" for r in bad})[:5],
             "dispatcher_peak_rss_mb": rss,
+            # Core-seconds per run the local stack's own processes took from the machine the engine runs on.
+            "stack_cpu_s_per_run": {name: (cpu_after[name] - cpu_before.get(name, 0.0)) / runs for name in cpu_after},
         }
     return out
 
@@ -191,8 +220,20 @@ def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, An
                 )
         stored = size
         one_id = next(iter(Sandbox.by_app.query(bench.app_id, limit=1))).sandbox_id
-        get_s, page_s = [], []
+        get_s, page_s, query_s = [], [], []
+        client = Sandbox._get_connection().connection.client
         for _ in range(samples):
+            # The one DynamoDB call behind a page, made directly: what the local AWS endpoint takes.
+            t = time.perf_counter()
+            client.query(
+                TableName=Sandbox.Meta.table_name,
+                IndexName="by_app",
+                KeyConditionExpression="app_id = :a",
+                ExpressionAttributeValues={":a": {"S": bench.app_id}},
+                Limit=50,
+                ScanIndexForward=False,
+            )
+            query_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             bench.session.get(f"{bench.stack.api_url}/api/sandboxes/{one_id}", timeout=30).raise_for_status()
             get_s.append(time.perf_counter() - t)
@@ -204,6 +245,7 @@ def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, An
         out[str(size)] = {
             "get_p50_ms": statistics.median(get_s) * 1000,
             "list_page_p50_ms": statistics.median(page_s) * 1000,
+            "endpoint_query_p50_ms": statistics.median(query_s) * 1000,
         }
     return out
 
@@ -252,9 +294,17 @@ def table(result: dict[str, Any]) -> str:
             f"  {slots} slots{'':<17}{t['platform_runs_per_s']:8.2f} {t['raw_runs_per_s']:6.2f} "
             f"{t['ratio']:6.2f}   {t['dispatcher_peak_rss_mb']:.0f} MB   (failed: {t['failed']})"
         )
-    lines += ["", "API (ms, p50)     GET one   first page"]
+    for slots, t in result["throughput"].items():
+        if "stack_cpu_s_per_run" in t:
+            used = " / ".join(f"{name} {1000 * v:.0f}" for name, v in sorted(t["stack_cpu_s_per_run"].items()))
+            lines.append(f"  {slots} slots: CPU the local stack took per run (core-ms): {used}")
+    lines += ["", "API (ms, p50)     GET one   first page   of which the endpoint's Query"]
     for size, a in result["api"].items():
-        lines.append(f"  {size:>6} stored  {a['get_p50_ms']:8.1f} {a['list_page_p50_ms']:11.1f}")
+        query = a.get("endpoint_query_p50_ms")
+        lines.append(
+            f"  {size:>6} stored  {a['get_p50_ms']:8.1f} {a['list_page_p50_ms']:11.1f}"
+            + (f" {query:15.1f}" if query is not None else "")
+        )
     f = result["flood"]
     lines += [
         "",
