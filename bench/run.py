@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
+from dispatcher.pool import default_size  # noqa: E402
 from infra.local.stack import Stack, free_port  # noqa: E402
 
 TEST_PY = 'print("hello opendevelop!")\n'
@@ -122,7 +123,7 @@ class Bench:
     def settle(self, slots: int | None = None, timeout_s: float = 5.0) -> None:
         """Wait until the dispatcher has replaced the spare container a run took (see
         ``dispatcher/pool.py``), so that background work is not timed as the raw engine's."""
-        want = min(slots or self.slots, 4)  # the dispatcher's default pool size
+        want = default_size(slots or self.slots)
         deadline = time.monotonic() + timeout_s
         filters = {"label": f"opendevelop.server={self.name}", "name": "od-spare-", "status": "running"}
         while len(self.docker.api.containers(filters=filters)) < want and time.monotonic() < deadline:

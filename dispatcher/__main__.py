@@ -15,7 +15,7 @@ from pynamodb.exceptions import DoesNotExist
 from chalicelib import logs, models
 from chalicelib.models import DockerServer
 from chalicelib.settings import Settings, SettingsError
-from dispatcher import remote
+from dispatcher import pool, remote
 from dispatcher.runner import Runner
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         user=config.user,
         tmp_mb=config.tmp_mb,
         nofile=config.nofile,
-        pool_size=min(slots, 4) if config.pool_size is None else config.pool_size,
+        pool_size=pool.default_size(slots) if config.pool_size is None else config.pool_size,
     )
     dispatcher = Dispatcher(settings, config, server, runner)
     dispatcher.install_signal_handlers()

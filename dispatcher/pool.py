@@ -46,12 +46,16 @@ class Shape:
     cpus: float
     pids: int
     disk_mb: int
+    network: bool = False
 
     @classmethod
-    def of(cls, spec: RunSpec) -> Shape | None:
-        if spec.network:
-            return None
-        return cls(spec.docker_image, spec.memory_mb, spec.cpus, spec.pids, spec.disk_mb)
+    def of(cls, spec: RunSpec) -> Shape:
+        return cls(spec.docker_image, spec.memory_mb, spec.cpus, spec.pids, spec.disk_mb, spec.network)
+
+
+def default_size(slots: int) -> int:
+    """Spares kept per shape when ``OPENDEVELOP_POOL`` is not set: one per slot, at most 4."""
+    return min(slots, 4)
 
 
 class Pool:
@@ -74,7 +78,7 @@ class Pool:
     def take(self, spec: RunSpec) -> str | None:
         """A started spare of the spec's shape, or None; either way the shape is wanted from now on."""
         shape = Shape.of(spec)
-        if shape is None or self.size <= 0 or self._thread is None:
+        if shape.network or self.size <= 0 or self._thread is None:
             return None
         with self._lock:
             if shape in self._wanted:

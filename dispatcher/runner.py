@@ -232,25 +232,25 @@ class Runner:
             limits.append(Ulimit(name="nproc", soft=pids, hard=pids))
         return limits
 
-    def _create(self, spec: RunSpec, name: str, labels: dict[str, str]) -> str:
-        if not self.has_image(spec.docker_image):
-            raise PlatformError(f"image {spec.docker_image} is not present on server {self.server}", transient=False)
+    def _create(self, shape: Shape, name: str, labels: dict[str, str]) -> str:
+        if not self.has_image(shape.docker_image):
+            raise PlatformError(f"image {shape.docker_image} is not present on server {self.server}", transient=False)
         host_config = self.api.create_host_config(
-            network_mode="bridge" if spec.network else "none",
+            network_mode="bridge" if shape.network else "none",
             read_only=True,
             tmpfs={
-                WORKDIR: f"rw,exec,nosuid,nodev,size={spec.disk_mb}m,mode=1777",
+                WORKDIR: f"rw,exec,nosuid,nodev,size={shape.disk_mb}m,mode=1777",
                 "/tmp": f"rw,exec,nosuid,nodev,size={self.tmp_mb}m,mode=1777",
             },
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
-            mem_limit=f"{spec.memory_mb}m",
-            memswap_limit=f"{spec.memory_mb}m",
+            mem_limit=f"{shape.memory_mb}m",
+            memswap_limit=f"{shape.memory_mb}m",
             mem_swappiness=0,
-            nano_cpus=int(spec.cpus * 1e9),
-            pids_limit=self._host_pids(spec.pids),
-            ulimits=self._ulimits(spec.pids),
+            nano_cpus=int(shape.cpus * 1e9),
+            pids_limit=self._host_pids(shape.pids),
+            ulimits=self._ulimits(shape.pids),
             shm_size="16m",
             ipc_mode="private",
             oom_score_adj=1000,  # under host memory pressure, sandboxes die first
@@ -258,7 +258,7 @@ class Runner:
             runtime=self.runtime,
         )
         kwargs: dict[str, Any] = dict(
-            image=spec.docker_image,
+            image=shape.docker_image,
             command=["/bin/sh", "-c", PROLOGUE],
             user=self.user,
             environment={"HOME": WORKDIR, "LANG": "C.UTF-8"},  # the sandbox's own come with its command
@@ -286,22 +286,11 @@ class Runner:
 
     def create(self, spec: RunSpec) -> str:
         """A container for this run, not started."""
-        return self._create(spec, self.container_name(spec.sandbox_id), {LABEL_SANDBOX: spec.sandbox_id})
+        return self._create(Shape.of(spec), self.container_name(spec.sandbox_id), {LABEL_SANDBOX: spec.sandbox_id})
 
     def start_spare(self, shape: Shape) -> str:
         """A started container of ``shape``, waiting for a run on its stdin (see ``pool``)."""
-        spec = RunSpec(
-            sandbox_id="",
-            docker_image=shape.docker_image,
-            cmd=[],
-            timeout_s=0,
-            memory_mb=shape.memory_mb,
-            cpus=shape.cpus,
-            pids=shape.pids,
-            disk_mb=shape.disk_mb,
-            output_bytes=0,
-        )
-        cid = self._create(spec, f"od-spare-{secrets.token_hex(6)}", {LABEL_POOL: "1"})
+        cid = self._create(shape, f"od-spare-{secrets.token_hex(6)}", {LABEL_POOL: "1"})
         try:
             self.api.start(cid)
         except DockerException:
