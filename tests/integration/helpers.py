@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +20,22 @@ import docker.errors
 import requests
 
 from dispatcher.runner import LABEL_SERVER
-from infra.local.stack import ROOT, Stack
+from infra.local.stack import ROOT, Stack, free_port
 
-__all__ = ["ROOT", "Client", "RunningStack", "multipart", "remove_containers", "run_containers", "wait_for_text"]
+__all__ = [
+    "ROOT",
+    "Client",
+    "MakeDev",
+    "RunningStack",
+    "children",
+    "cmdline",
+    "descendants",
+    "multipart",
+    "remove_containers",
+    "run_containers",
+    "start_make_dev",
+    "wait_for_text",
+]
 
 UNFINISHED = ("queued", "running")
 SLOTS = 2  # the test server's slots
@@ -160,3 +179,98 @@ def models_bound_to(settings: Any) -> Iterator[None]:
             for key, value in values.items():
                 setattr(model.Meta, key, value)
             model._connection = None
+
+
+# Processes
+
+
+def children(parent: int) -> list[int]:
+    """The living direct children of ``parent``."""
+    return _process_tree().get(parent, [])
+
+
+def descendants(parent: int) -> dict[int, str]:
+    """Every living process below ``parent``, with its command line."""
+    tree = _process_tree()
+    found: dict[int, str] = {}
+    todo = list(tree.get(parent, []))
+    while todo:
+        pid = todo.pop()
+        line = cmdline(pid)
+        if line:
+            found[pid] = line
+        todo += tree.get(pid, [])
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line; empty once it is gone (or a zombie)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _process_tree() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+# `make dev`, as a newcomer runs it
+
+
+@dataclass
+class MakeDev:
+    proc: subprocess.Popen[bytes]
+    server: str
+    api_port: int
+    state: Path  # its state folder; logs in state / "logs"
+    out_path: Path  # what it printed
+    banner: str
+    client: Client  # the demo app's, as the banner shows it
+
+
+def start_make_dev(tmp_path: Path, show_logs_on_failure: list[Path]) -> MakeDev:
+    """``make dev``'s program on free ports, its own state folder and server, until its banner."""
+    server = f"dev{secrets.token_hex(3)}"
+    state = tmp_path / "state"
+    out_path = tmp_path / "make-dev.out"
+    show_logs_on_failure += [out_path, state / "logs"]
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "OPENDEVELOP_AWS_PORT": str(free_port()),
+        "OPENDEVELOP_API_PORT": str(api_port),
+        "OPENDEVELOP_STATE_DIR": str(state),
+        "OPENDEVELOP_SERVER": server,
+        "PYTHONUNBUFFERED": "1",
+    }
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.local.dev"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        banner = wait_for_text(out_path, "ready in", 60, proc)
+        api = re.search(r"API\s+(http://\S+)", banner)
+        demo = re.search(r"Demo app:\s+id (\S+)\s+secret (\S+)", banner)
+        assert api and demo, banner
+    except BaseException:
+        for pid in descendants(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+        raise
+    client = Client(api.group(1), (demo.group(1), demo.group(2)))
+    return MakeDev(proc, server, api_port, state, out_path, banner, client)

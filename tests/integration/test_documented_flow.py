@@ -9,19 +9,15 @@ from __future__ import annotations
 import base64
 import os
 import re
-import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.local.stack import free_port
-
-from .helpers import ROOT, Client, multipart, remove_containers, wait_for_text
+from .helpers import Client, cmdline, descendants, multipart, remove_containers, start_make_dev
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,92 +96,38 @@ def test_a_json_body_runs_the_same_example(client: Client) -> None:
 # `make dev`, as a newcomer runs it
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """Every living process below ``pid``, with its command line."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: dict[int, str] = {}
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        cmdline = _cmdline(child)
-        if cmdline:
-            found[child] = cmdline
-        todo += children.get(child, [])
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    """A process's command line; empty once it is gone (or a zombie)."""
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
 def test_make_dev_runs_the_example_and_ctrl_c_stops_everything(
     tmp_path: Path, docker_client: Any, show_logs_on_failure: list[Path]
 ) -> None:
-    server = f"dev{secrets.token_hex(3)}"
-    state = tmp_path / "state"
-    out_path = tmp_path / "make-dev.out"
-    show_logs_on_failure += [out_path, state / "logs"]
-    env = {
-        **os.environ,
-        "OPENDEVELOP_AWS_PORT": str(free_port()),
-        "OPENDEVELOP_API_PORT": str(free_port()),
-        "OPENDEVELOP_STATE_DIR": str(state),
-        "OPENDEVELOP_SERVER": server,
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(out_path, "wb") as out:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "infra.local.dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    dev = start_make_dev(tmp_path, show_logs_on_failure)
     started: dict[int, str] = {}
     try:
-        banner = wait_for_text(out_path, "ready in", 60, dev)
-        started = _descendants(dev.pid)
+        started = descendants(dev.proc.pid)
         wanted = ("-m infra.local.moto_local", "-m infra.local.chalice_local local", "-m dispatcher")
         kinds = {k for k in wanted if any(k in c for c in started.values())}
         assert kinds == set(wanted), started
 
-        api = re.search(r"API\s+(http://\S+)", banner)
-        demo = re.search(r"Demo app:\s+id (\S+)\s+secret (\S+)", banner)
-        assert api and demo, banner
-        assert api.group(1) == f"http://127.0.0.1:{env['OPENDEVELOP_API_PORT']}"
-        assert f'server "{server}"' in banner
-        client = Client(api.group(1), (demo.group(1), demo.group(2)))
-        sandbox_id = client.submit(["python test.py"], {"test.py": TEST_PY}, timeout="10")
-        assert_hello(client.wait_done(sandbox_id, timeout=30))
+        assert dev.client.url == f"http://127.0.0.1:{dev.api_port}"
+        assert f'server "{dev.server}"' in dev.banner
+        sandbox_id = dev.client.submit(["python test.py"], {"test.py": TEST_PY}, timeout="10")
+        assert_hello(dev.client.wait_done(sandbox_id, timeout=30))
 
         stop_at = time.monotonic()
-        dev.send_signal(signal.SIGINT)
+        dev.proc.send_signal(signal.SIGINT)
         try:
-            assert dev.wait(25) == 0
+            assert dev.proc.wait(25) == 0
         except subprocess.TimeoutExpired:
             pytest.fail("make dev still running 25 s after Ctrl-C")
-        while any(_cmdline(pid) == cmd for pid, cmd in started.items()) and time.monotonic() - stop_at < 25:
+        while any(cmdline(pid) == cmd for pid, cmd in started.items()) and time.monotonic() - stop_at < 25:
             time.sleep(0.1)
-        left = {pid: cmd for pid, cmd in started.items() if _cmdline(pid) == cmd}
+        left = {pid: cmd for pid, cmd in started.items() if cmdline(pid) == cmd}
         assert not left, f"still running {time.monotonic() - stop_at:.1f} s after Ctrl-C: {left}"
-        assert "stopping..." in out_path.read_text()
+        assert "stopping..." in dev.out_path.read_text()
     finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
+        if dev.proc.poll() is None:
+            dev.proc.kill()
+            dev.proc.wait()
         for pid, cmd in started.items():
-            if _cmdline(pid) == cmd:
+            if cmdline(pid) == cmd:
                 os.kill(pid, signal.SIGKILL)
-        remove_containers(docker_client, server)
+        remove_containers(docker_client, dev.server)

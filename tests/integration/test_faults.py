@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -37,7 +36,18 @@ from chalicelib import aws
 from chalicelib.models import DockerServer, Sandbox, utcnow
 from infra.local.stack import DOCKER_URL, Stack, aws_command, free_port, wait_http
 
-from .helpers import ROOT, Client, models_bound_to, multipart, remove_containers, wait_for_text
+from .helpers import (
+    ROOT,
+    Client,
+    children,
+    cmdline,
+    descendants,
+    models_bound_to,
+    multipart,
+    remove_containers,
+    start_make_dev,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -594,33 +604,9 @@ def test_the_docker_engine_restarted_while_sandboxes_run(faults: Faults, capsys:
 def test_make_dev_restarts_what_dies_and_runs_the_reconciler(
     tmp_path: Path, docker_client: Any, show_logs_on_failure: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = f"dev{secrets.token_hex(3)}"
-    state = tmp_path / "state"
-    out_path = tmp_path / "make-dev.out"
-    show_logs_on_failure += [out_path, state / "logs"]
-    env = {
-        **os.environ,
-        "OPENDEVELOP_AWS_PORT": str(free_port()),
-        "OPENDEVELOP_API_PORT": str(free_port()),
-        "OPENDEVELOP_STATE_DIR": str(state),
-        "OPENDEVELOP_SERVER": server,
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(out_path, "wb") as out:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "infra.local.dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    dev = start_make_dev(tmp_path, show_logs_on_failure)
+    client = dev.client
     try:
-        banner = wait_for_text(out_path, "ready in", 60, dev)
-        api = re.search(r"API\s+(http://\S+)", banner)
-        demo = re.search(r"Demo app:\s+id (\S+)\s+secret (\S+)", banner)
-        assert api and demo, banner
-        client = Client(api.group(1), (demo.group(1), demo.group(2)))
         sandbox_id = client.submit(["sleep 3", "echo supervised"])
         deadline = time.monotonic() + 20
         while client.sandbox(sandbox_id)["status"] != "running":
@@ -629,58 +615,34 @@ def test_make_dev_restarts_what_dies_and_runs_the_reconciler(
 
         killed_at = time.monotonic()
         for role in ("-m dispatcher", "-m chalicelib.reconciler"):
-            pid = _child(dev.pid, role)
+            pid = _child(dev.proc.pid, role)
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 15
-            while _child(dev.pid, role, missing_ok=True) in (None, pid):
-                assert time.monotonic() < deadline, f"{role} was not restarted: {out_path.read_text()}"
+            while _child(dev.proc.pid, role, missing_ok=True) in (None, pid):
+                assert time.monotonic() < deadline, f"{role} was not restarted: {dev.out_path.read_text()}"
                 time.sleep(0.1)
 
         # The restarted dispatcher finds what the dead one left and runs it again.
         assert_ran(client.wait_done(sandbox_id, timeout=40), "supervised\n")
         settled_s = time.monotonic() - killed_at
-        assert out_path.read_text().count("restarting it") == 2
-        assert '"recover.requeued"' in (state / "logs" / "dispatcher.log").read_text()
-        reconciler_log = state / "logs" / "reconciler.log"
+        assert dev.out_path.read_text().count("restarting it") == 2
+        assert '"recover.requeued"' in (dev.state / "logs" / "dispatcher.log").read_text()
+        reconciler_log = dev.state / "logs" / "reconciler.log"
         assert reconciler_log.exists() and "Traceback" not in reconciler_log.read_text()
         report(capsys, f"kill -9 under `make dev`: restarted, sandbox re-run and terminated {settled_s:.1f} s after")
     finally:
         # Ctrl-C is tested in test_documented_flow; here the processes started are simply killed.
-        for pid in _descendants(dev.pid):
+        for pid in descendants(dev.proc.pid):
             os.kill(pid, signal.SIGKILL)
-        dev.kill()
-        dev.wait()
-        remove_containers(docker_client, server)
-
-
-def _descendants(parent: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(parent, []))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
+        dev.proc.kill()
+        dev.proc.wait()
+        remove_containers(docker_client, dev.server)
 
 
 def _child(parent: int, needle: str, missing_ok: bool = False) -> int | None:
     """The pid of the direct child of ``parent`` whose command line holds ``needle``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and needle in cmdline:
-            return int(entry.name)
+    for pid in children(parent):
+        if needle in cmdline(pid):
+            return pid
     assert missing_ok, f"no child of {parent} runs {needle!r}"
     return None

@@ -43,7 +43,16 @@ import pytest
 
 from infra.local.stack import DOCKER_URL, Stack, free_port, port_open
 
-from .helpers import ROOT, Client, RunningStack, models_bound_to, multipart, remove_containers, wait_for_text
+from .helpers import (
+    ROOT,
+    Client,
+    RunningStack,
+    children,
+    models_bound_to,
+    multipart,
+    remove_containers,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -525,7 +534,7 @@ def test_the_dispatcher_reconnects_after_the_ssh_connection_drops(world: SSHWorl
     """The remote end drops the dispatcher's SSH connection; the next sandbox still runs, over a new one."""
     world.only_active(world.over_ssh)
     world.run_example(world.over_ssh)
-    sessions = _children(world.sshd.proc.pid)  # sshd's process per connection: only the dispatcher's now
+    sessions = children(world.sshd.proc.pid)  # sshd's process per connection: only the dispatcher's now
     assert sessions, "no sshd session serves the dispatcher's connection"
     for pid in sessions:
         os.kill(pid, signal.SIGTERM)
@@ -534,16 +543,3 @@ def test_the_dispatcher_reconnects_after_the_ssh_connection_drops(world: SSHWorl
 
     log = (world.stack.log_dir / f"dispatcher-{world.over_ssh}.log").read_text()  # type: ignore[operator]
     assert '"ssh.reconnect"' in log
-
-
-def _children(parent: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == parent:
-                pids.append(int(entry.name))
-    return pids
