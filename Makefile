@@ -32,6 +32,8 @@ package: venv
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage prod \
 		--merge-template infra/aws/resources.yaml $(PACKAGE_DIR)
 	$(VENV)/bin/cfn-lint $(PACKAGE_DIR)/sam.yaml
+	@$(PY) -c 'import os, sys; n = os.path.getsize(sys.argv[1]); print(f"deployment.zip: {n} bytes ({n / 1e6:.1f} MB)")' \
+		$(PACKAGE_DIR)/deployment.zip
 
 # Benchmarks against the raw engine (not timed tests): prints a table, writes bench/results/*.json.
 bench: venv host
@@ -39,7 +41,7 @@ bench: venv host
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt clients/python/pyproject.toml
+$(STAMP): requirements.txt requirements-dispatcher.txt requirements-dev.txt clients/python/pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || $(MAKE) -s apt-venv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt

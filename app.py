@@ -1,4 +1,9 @@
-"""OpenDevelop's HTTP API: Chalice wiring only.  The work is in ``chalicelib``."""
+"""OpenDevelop's HTTP API: Chalice wiring only.  The work is in ``chalicelib``.
+
+What the API keeps between requests (settings, cached rows, AWS clients, the
+wait reader) is one ``Context``, built from the environment on the first
+request by ``get_context()`` (``chalicelib.context``).
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,16 @@ from typing import Any
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import logs, models, openapi, reconciler, sandboxes
+from chalicelib import models, openapi, params, reconciler, sandboxes
+from chalicelib.context import get_context
 from chalicelib.errors import OpenDevelopError, Unavailable
-from chalicelib.settings import Settings
+from chalicelib.logs import log, log_exception
 from chalicelib.validation import parse_request
 
 app = Chalice(app_name="opendevelop")
 # API Gateway must hand uploads over as bytes, untouched.
 app.api.binary_types.append("multipart/form-data")
 logger = logging.getLogger("opendevelop.api")
-
-
-@functools.lru_cache(maxsize=1)
-def settings() -> Settings:
-    """Read once, on the first request (never at import time)."""
-    logs.setup()
-    current = Settings.from_env()
-    models.configure(current)
-    return current
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -42,18 +39,19 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request = app.current_request
+        where = {"method": request.method, "path": request.path} if request is not None else {}
         try:
-            request = app.current_request
-            if request is not None:  # the documented query parameters, and no others
-                openapi.check_query(request.path, request.method, request.query_params)
+            if request is not None:  # the call's query parameters, and no others
+                params.check(request.path, request.method, request.query_params)
             return view(*args, **kwargs)
         except Unavailable as e:
-            logger.warning(json.dumps({"event": "api.unavailable", "error": e.message}))
+            log(logger, "api.unavailable", logging.WARNING, **where, error=e.message)
             return _error(503, e.code, "the service is unavailable right now; try again shortly")
         except OpenDevelopError as e:
             return _error(e.status, e.code, e.message)
-        except Exception:
-            logger.exception("api.internal_error")
+        except Exception as e:  # noqa: BLE001 - the boundary: logged in full here, once, and shown briefly
+            log_exception(logger, "api.internal_error", e, **where)
             return _error(500, "InternalError", "internal error")
 
     return wrapper
@@ -62,14 +60,21 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
 def current_app() -> models.App:
     request = app.current_request
     assert request is not None
-    return sandboxes.authenticate(settings(), request.headers.get("authorization"))
+    return sandboxes.authenticate(get_context(), request.headers.get("authorization"))
+
+
+def query() -> dict[str, Any]:
+    """The current call's query parameters, read by ``chalicelib.params``."""
+    request = app.current_request
+    assert request is not None
+    return params.parse(request.path, request.method, request.query_params)
 
 
 @app.route("/api/openapi.json", methods=["GET"])
 @api_view
 def openapi_document() -> Any:
     """The API described (OpenAPI 3.1), without credentials: tools and clients read it first."""
-    return openapi.document(settings())
+    return openapi.document(get_context().settings)
 
 
 @app.route("/api/images", methods=["GET"])
@@ -83,26 +88,25 @@ def list_images() -> Any:
 @api_view
 def list_sandboxes() -> Any:
     owner = current_app()
-    params = app.current_request.query_params or {}  # type: ignore[union-attr]
-    limit = sandboxes.parse_page_size(params.get("limit"))
-    items, cursor = sandboxes.list_page(owner, limit, params.get("cursor"))
-    return {"sandboxes": [sandboxes.to_json(s, settings()) for s in items], "next": cursor}
+    given = query()
+    items, cursor = sandboxes.list_page(owner, given["limit"], given["cursor"])
+    return {"sandboxes": sandboxes.show_many(get_context().settings, items), "next": cursor}
 
 
 @app.route("/api/sandboxes/{sandbox_id}", methods=["GET"])
 @api_view
 def show_sandbox(sandbox_id: str) -> Any:
     owner = current_app()
-    params = app.current_request.query_params or {}  # type: ignore[union-attr]
-    wait_s = sandboxes.parse_wait(params.get("wait"))
-    return sandboxes.to_json(sandboxes.wait_settled(owner, sandbox_id, wait_s), settings())
+    ctx = get_context()
+    sandbox = sandboxes.wait_settled(ctx, owner, sandbox_id, query()["wait"])
+    return sandboxes.show(ctx.settings, sandbox)
 
 
 @app.route("/api/sandboxes/{sandbox_id}", methods=["DELETE"])
 @api_view
 def cancel_sandbox(sandbox_id: str) -> Any:
     owner = current_app()
-    return sandboxes.to_json(sandboxes.cancel(owner, sandbox_id), settings())
+    return sandboxes.show(get_context().settings, sandboxes.cancel(owner, sandbox_id))
 
 
 @app.route("/api/sandboxes", methods=["POST"], content_types=["*/*"])
@@ -111,13 +115,14 @@ def create_sandbox() -> Any:
     request = app.current_request
     assert request is not None
     owner = current_app()
-    req = parse_request(request.headers.get("content-type"), request.raw_body or b"", settings())
-    sandbox = sandboxes.create(settings(), owner, req)
+    ctx = get_context()
+    req = parse_request(request.headers.get("content-type"), request.raw_body or b"", ctx.settings)
+    sandbox = sandboxes.create(ctx, owner, req)
     headers = {"Location": f"/api/sandboxes/{sandbox.sandbox_id}"}
     if _wants_plain_text(request.headers.get("accept")):
         return Response(body=sandbox.sandbox_id, status_code=201, headers={**headers, "Content-Type": "text/plain"})
     headers["Content-Type"] = "application/json"
-    return Response(body=json.dumps(sandboxes.to_json(sandbox)), status_code=201, headers=headers)
+    return Response(body=json.dumps(sandboxes.to_json(sandbox)), status_code=201, headers=headers)  # no output yet
 
 
 def _wants_plain_text(accept: str | None) -> bool:
@@ -131,4 +136,4 @@ def _wants_plain_text(accept: str | None) -> bool:
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def reconcile(event: Any) -> dict[str, Any]:
     """Every accepted sandbox reaches a final state: see ``chalicelib.reconciler``."""
-    return reconciler.reconcile(settings())
+    return reconciler.reconcile(get_context().settings)

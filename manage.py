@@ -107,7 +107,7 @@ def server_delete(args: argparse.Namespace, settings: Settings) -> None:
 
 @command("server-bootstrap", "set up a Debian host over SSH as a Docker server and register it (idempotent)")
 def server_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
-    from chalicelib import hosts
+    from infra import hosts
 
     report = hosts.bootstrap(
         settings,
@@ -129,7 +129,7 @@ def server_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
 
 @command("server-shutdown", "stop a bootstrapped host's dispatcher (running sandboxes finish first)")
 def server_shutdown(args: argparse.Namespace, settings: Settings) -> None:
-    from chalicelib import hosts
+    from infra import hosts
 
     target = hosts.SSHTarget.parse(args.ssh)
     done = hosts.shutdown(args.name, target, args.identity, args.known_hosts, args.prefix)

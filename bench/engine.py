@@ -1,8 +1,12 @@
 """The raw engine, measured the same way the platform is: the floor every figure is compared with.
 
-``hardened_kwargs()`` is the same lockdown the dispatcher applies (no network,
-read-only root, tmpfs, non-root, no capabilities, no-new-privileges, init,
-limits, no log driver), so the comparison is like for like.
+The raw runs use ``REFERENCE``, the dispatcher's own container configuration
+(``dispatcher.container.configure``: no network, read-only root, tmpfs,
+non-root, no capabilities, no-new-privileges, init, limits, private IPC, OOM
+score, no log driver, runtime), through the Docker SDK and as ``docker run``
+flags derived from it, so the comparison is like for like.  Only the command
+differs: the raw runs start the program directly, where the platform's
+container reads its run from stdin.
 """
 
 from __future__ import annotations
@@ -10,79 +14,34 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
-from typing import Any
 
 import docker
 
+from dispatcher.container import Hardening, Shape, cli_flags, configure, docker_py
+
 IMAGE = "opendevelop/base:latest"
 HELLO = ["python", "-c", 'print("hello opendevelop!")']
-
-
-def hardened_kwargs(memory_mb: int = 256, pids: int = 128, disk_mb: int = 64) -> dict[str, Any]:
-    return dict(
-        network_mode="none",
-        read_only=True,
-        tmpfs={
-            "/sandbox": f"rw,exec,nosuid,nodev,size={disk_mb}m,mode=1777",
-            "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777",
-        },
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        init=True,
-        mem_limit=f"{memory_mb}m",
-        memswap_limit=f"{memory_mb}m",
-        nano_cpus=int(1e9),
-        pids_limit=pids,
-        ulimits=[docker.types.Ulimit(name="nofile", soft=256, hard=256)],
-        user="1000:1000",
-        log_config=docker.types.LogConfig(type="none"),
-    )
-
-
-CLI_FLAGS = [
-    "--network",
-    "none",
-    "--read-only",
-    "--tmpfs",
-    "/sandbox:rw,exec,nosuid,nodev,size=64m,mode=1777",
-    "--tmpfs",
-    "/tmp:rw,exec,nosuid,nodev,size=64m,mode=1777",
-    "--cap-drop",
-    "ALL",
-    "--security-opt",
-    "no-new-privileges",
-    "--init",
-    "--memory",
-    "256m",
-    "--memory-swap",
-    "256m",
-    "--cpus",
-    "1",
-    "--pids-limit",
-    "128",
-    "--ulimit",
-    "nofile=256:256",
-    "--user",
-    "1000:1000",
-    "--log-driver",
-    "none",
-]
+# The documented example's limits (the API's defaults) on a runc server with the default settings.
+REFERENCE = configure(Shape(IMAGE, memory_mb=256, cpus=1.0, pids=128, disk_mb=64), Hardening())
+CLI_FLAGS = cli_flags(REFERENCE)
 
 
 def sdk_run(client: docker.DockerClient, command: list[str] = HELLO) -> float:
     """create + attach + start + wait + remove, as `docker run --rm` does; returns seconds."""
+    api = client.api
+    create, host = docker_py(REFERENCE, stdin=False)
     started = time.perf_counter()
-    container = client.containers.create(IMAGE, command, **hardened_kwargs())
+    cid = api.create_container(**{**create, "command": command}, host_config=api.create_host_config(**host))["Id"]
     try:
-        sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
-        container.start()
+        sock = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
+        api.start(cid)
         raw = getattr(sock, "_sock", sock)
         while raw.recv(65536):
             pass
         sock.close()
-        container.wait()
+        api.wait(cid)
     finally:
-        container.remove(force=True)
+        api.remove_container(cid, force=True)
     return time.perf_counter() - started
 
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine import cli_run, sdk_run  # noqa: E402
 from chalicelib.files import UploadedFile, bundle  # noqa: E402
-from dispatcher.runner import Runner, RunSpec  # noqa: E402
+from dispatcher.engine import RunSpec  # noqa: E402
+from dispatcher.runner import Runner  # noqa: E402
 
 
 def main() -> int:
@@ -37,6 +38,7 @@ def main() -> int:
         )
         started = time.perf_counter()
         result = runner.run(spec, tar)
+        runner.release(result.container_id)  # the raw runs remove theirs too
         runner_s = time.perf_counter() - started
         assert result.stdout == b"hello opendevelop!\n", result
         sdk_s, cli_s = sdk_run(client), cli_run()

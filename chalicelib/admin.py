@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist
 
-from chalicelib import aws, models, scheduling
+from chalicelib import aws, lifecycle, models, scheduling
 from chalicelib.auth import hash_password, new_id, new_secret, secret_digest
-from chalicelib.errors import AlreadyExists, InvalidInput, NotFound
-from chalicelib.models import App, DockerServer, Image, User
+from chalicelib.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from chalicelib.models import App, DockerServer, Image, Sandbox, User
 from chalicelib.settings import Settings
 from chalicelib.validation import LIMIT_FIELDS, parse_limit
 
@@ -34,12 +34,8 @@ def _name(field: str, value: str) -> str:
 
 
 def _create(row: Any, what: str, key: str) -> None:
-    try:
-        row.save(condition=type(row)._hash_key_attribute().does_not_exist())
-    except PutError as e:
-        if "ConditionalCheckFailed" in str(e):
-            raise AlreadyExists(f"{what} {key!r} already exists") from None
-        raise
+    if not lifecycle.create_only(row):
+        raise AlreadyExists(f"{what} {key!r} already exists")
 
 
 def init(settings: Settings) -> list[str]:
@@ -214,7 +210,19 @@ def server_set_state(name: str, state: str) -> DockerServer:
 
 
 def server_delete(settings: Settings, name: str) -> None:
+    """Delete a server and its queues; refused while sandboxes run there (drain it first).
+
+    Deleting a server under running work would let the reconciler start that
+    work again elsewhere while its containers may still run.
+    """
     server = _get(DockerServer, name, "server", field="name")
+    running = [s.sandbox_id for s in Sandbox.by_status.query("running", filter_condition=Sandbox.server == name)]
+    if running or server.inflight:
+        held = sorted(set(running) | set(server.inflight or []))
+        raise Conflict(
+            f"server {name!r} is running {len(held)} sandbox(es) ({', '.join(held[:5])}); "
+            f"drain it (./manage.py server-drain --name={name}), wait until it runs nothing, then delete it"
+        )
     aws.delete_server_queue(settings, server.queue_url, server.dlq_url)
     server.delete()
     scheduling.forget()

@@ -1,47 +1,42 @@
 """boto3 clients, the per-server SQS queues and the S3 file store.
 
-Clients are made once per process and reused (they are thread-safe); every
-transport failure leaves this module as ``Unavailable`` so callers see one
-kind of infrastructure fault.
+Clients are made once per process and reused (they are thread-safe): they live
+in the process's ``Context`` (``chalicelib.context``), and the functions here
+find them from the ``settings`` they are given.  Every transport failure
+leaves this module as ``Unavailable`` so callers see one kind of
+infrastructure fault.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib import context
+from chalicelib.clients import Clients
 from chalicelib.errors import Unavailable
 from chalicelib.settings import Settings
 
-_CONFIG = Config(
-    connect_timeout=5,
-    read_timeout=30,  # > the 20 s SQS long poll
-    retries={"max_attempts": 3, "mode": "standard"},
-    max_pool_connections=50,
-)
+__all__ = ["Clients", "MAX_RECEIVES"]
 
 # A message that fails this many receives goes to the dead-letter queue.
 MAX_RECEIVES = 5
 
 
-@functools.lru_cache(maxsize=16)
-def _client(service: str, kwargs: tuple[tuple[str, Any], ...]) -> Any:
-    return boto3.session.Session().client(service, config=_CONFIG, **dict(kwargs))
-
-
 def sqs(settings: Settings) -> Any:
-    return _client("sqs", tuple(sorted(settings.boto_kwargs().items())))
+    return _clients(settings).client("sqs", settings)
 
 
 def s3(settings: Settings) -> Any:
-    return _client("s3", tuple(sorted(settings.boto_kwargs().items())))
+    return _clients(settings).client("s3", settings)
+
+
+def _clients(settings: Settings) -> Clients:
+    return context.for_settings(settings).clients
 
 
 @contextmanager
@@ -137,3 +132,15 @@ def delete_objects(settings: Settings, keys: list[str]) -> None:
     if keys:
         with translated("deleting files"):
             s3(settings).delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+
+
+def queue_depth(settings: Settings, queue_url: str) -> int:
+    """Messages on a queue, visible, in flight or delayed (SQS's approximate counts)."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    with translated("reading the queue's depth"):
+        attributes = sqs(settings).get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+    return sum(int(attributes.get(name, 0)) for name in names)

@@ -115,6 +115,19 @@ class DockerServer(_Base):
     # The sandboxes its dispatcher had in hand at the last heartbeat; None from a
     # dispatcher that does not report them (the reconciler then does not judge by it).
     inflight = ListAttribute(of=UnicodeAttribute, null=True)
+    # Liveness without comparing clocks (see ``chalicelib.liveness``): the dispatcher adds one to
+    # ``beat`` per heartbeat and names itself in ``instance``; the reconciler notes, by its own
+    # clock, when it saw ``beat`` change (``seen_beat``, ``seen_at``) and gives its verdict in ``dead``.
+    beat = NumberAttribute(default=0)
+    instance = UnicodeAttribute(null=True)
+    seen_beat = NumberAttribute(null=True)
+    seen_at = UTCDateTimeAttribute(null=True)
+    dead = BooleanAttribute(default=False)
+    # How long after its last acknowledged heartbeat the dispatcher has surely killed what it ran.
+    fence_s = NumberAttribute(null=True)
+    # False while the engine cannot make containers (disk full, image store broken): no new work.
+    engine_ok = BooleanAttribute(default=True)
+    engine_error = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
 
 
@@ -138,7 +151,20 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
 
     class Meta:
         index_name = "by_status"
-        projection = IncludeProjection(["server", "attempts", "started_at", "woken_at", "app_id", "docker_image"])
+        projection = IncludeProjection(
+            [
+                "server",
+                "attempts",
+                "started_at",
+                "woken_at",
+                "app_id",
+                "docker_image",
+                "token",
+                "holder",
+                "network",
+                "suspect_at",
+            ]
+        )
 
     status = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
@@ -166,6 +192,10 @@ class Sandbox(_Base):
     status = UnicodeAttribute(default="queued")
     server = UnicodeAttribute(null=True)
     attempts = NumberAttribute(default=0)
+    # The fence of the run in progress: written by the claim, required by every later write of
+    # that run (see ``chalicelib.lifecycle``); ``holder`` is the claiming dispatcher's instance.
+    token = UnicodeAttribute(null=True)
+    holder = UnicodeAttribute(null=True)
     started_at = UTCDateTimeAttribute(null=True)
     finished_at = UTCDateTimeAttribute(null=True)
     return_code = NumberAttribute(null=True)
@@ -180,6 +210,9 @@ class Sandbox(_Base):
     # DynamoDB's TTL attribute (the AWS template enables it): the row goes away after this.
     expires_at = TTLAttribute(null=True, default_for_new=expiry)
     woken_at = UTCDateTimeAttribute(null=True)  # when the reconciler last re-sent its wake-up
+    dead_letters = NumberAttribute(default=0)  # how often its wake-up reached the dead-letter queue
+    # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
+    suspect_at = UTCDateTimeAttribute(null=True)
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
 
@@ -193,6 +226,7 @@ def configure(settings: Settings) -> None:
     Binding a model again to the same table keeps its open connection: a new
     one costs a botocore client (about 50 ms), and a process may configure more
     than once (the admin command line per command, the functional tests per test).
+    The API binds them when it builds its ``Context`` (``chalicelib.context``).
     """
     global _retention
     _retention = timedelta(days=settings.retention_days)
@@ -201,7 +235,7 @@ def configure(settings: Settings) -> None:
         binding = {
             "table_name": f"{settings.table_prefix}-{meta.suffix}",
             "region": settings.region,
-            "host": settings.aws_endpoint_url,
+            "host": settings.endpoint("dynamodb"),  # AWS_ENDPOINT_URL_DYNAMODB wins, as for boto3's clients
             "aws_access_key_id": settings.aws_access_key_id,
             "aws_secret_access_key": settings.aws_secret_access_key,
             "connect_timeout_seconds": 5,

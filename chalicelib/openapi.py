@@ -6,6 +6,7 @@ drift apart unnoticed:
 * the request fields are ``validation.TEXT_FIELDS`` and the limits
   ``validation.LIMIT_FIELDS``, each with the minimum, default and ceiling of
   the ``Settings`` in force (the global ceilings; an app may have lower ones);
+* the query parameters are ``params.QUERY``, the table the API parses them by;
 * the sandbox's statuses are ``models.SANDBOX_STATES``; the error codes are
   the ``errors`` classes' own;
 * ``tests/functional/test_openapi.py`` checks that every route of ``app.py``
@@ -16,13 +17,12 @@ drift apart unnoticed:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from chalicelib import errors
 from chalicelib.files import MAX_NAME_BYTES
 from chalicelib.models import SANDBOX_STATES
-from chalicelib.sandboxes import DEFAULT_PAGE, MAX_PAGE, MAX_WAIT_S
+from chalicelib.params import QUERY
 from chalicelib.settings import Settings
 from chalicelib.validation import ENV_NAME, LIMIT_FIELDS, MAX_ENV, TEXT_FIELDS
 
@@ -42,35 +42,11 @@ OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/sandboxes/{sandbox_id}", "DELETE"): (200, 400, 401, 404, 409, 415, 503),
 }
 
-# The query parameters each operation takes: documented from here, and any other is refused (``check_query``).
-QUERY: dict[tuple[str, str], dict[str, tuple[dict[str, Any], str]]] = {
-    ("/api/sandboxes", "GET"): {
-        "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size."),
-        "cursor": ({"type": "string"}, "The `next` of the previous page."),
-    },
-    ("/api/sandboxes/{sandbox_id}", "GET"): {
-        "wait": (
-            {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
-            "Hold the request until the sandbox has finished or this many seconds pass.",
-        ),
-    },
-}
-
-
-def check_query(path: str, method: str, params: Mapping[str, str] | None) -> None:
-    """Refuse a query parameter the operation does not take, as unknown form fields are refused:
-    a typo such as ``?wiat=20`` is a clear 400, not a silently different request."""
-    known = QUERY.get((path, method.upper()), {})
-    for name in params or {}:
-        if name not in known:
-            hint = f"; known: {', '.join(known)}" if known else "; this call takes none"
-            raise errors.InvalidInput(name[:64], f"unknown query parameter{hint}")
-
 
 def _query_parameters(path: str, method: str) -> list[dict[str, Any]]:
     return [
-        {"name": name, "in": "query", "schema": schema, "description": description}
-        for name, (schema, description) in QUERY[(path, method)].items()
+        {"name": name, "in": "query", "schema": dict(param.schema), "description": param.description}
+        for name, param in QUERY[(path, method)].items()
     ]
 
 

@@ -1,64 +1,42 @@
-"""Creating, reading and listing sandboxes: the API's core, free of HTTP."""
+"""Creating, reading and listing sandboxes: the API's core, free of HTTP.
+
+The functions that use what the API keeps between requests (cached rows, the
+wait reader) take its ``Context`` (``chalicelib.context``).  ``to_json`` is a
+pure serializer: output that overflowed to S3 is read first, by ``show`` and
+``show_many``.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 import logging
-import threading
-import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
-from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, waiting
+from chalicelib import aws, lifecycle, scheduling
 from chalicelib.auth import new_id, parse_basic, secret_matches
+from chalicelib.context import Context
 from chalicelib.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
-from chalicelib.logs import log
-from chalicelib.models import FINAL_STATES, App, Image, Sandbox, utcnow
-from chalicelib.scheduling import choose_server
+from chalicelib.logs import describe, log
+from chalicelib.models import FINAL_STATES, App, Image, Sandbox
 from chalicelib.settings import Settings
 from chalicelib.validation import SandboxRequest, resolve_limits
 
 logger = logging.getLogger("opendevelop.api")
 
-MAX_PAGE = 100
-DEFAULT_PAGE = 50
-_CACHE_S = 5.0
-
-
-class _TTLCache:
-    """A tiny thread-safe cache for rows read on every request (apps, images)."""
-
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._rows: dict[str, tuple[float, Any]] = {}
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            hit = self._rows.get(key)
-        if hit and time.monotonic() - hit[0] < self.ttl_s:
-            return hit[1]
-        return None
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            if len(self._rows) > 10_000:
-                self._rows.clear()
-            self._rows[key] = (time.monotonic(), value)
-
-
-_apps = _TTLCache(_CACHE_S)
-_images = _TTLCache(_CACHE_S)
+# S3 reads at once when a list page holds several sandboxes whose output overflowed.
+OUTPUT_READERS = 8
 
 
 def db_errors() -> Any:
     return aws.translated("the database")
 
 
-def authenticate(settings: Settings, header: str | None) -> App:
+def authenticate(ctx: Context, header: str | None) -> App:
     """The app whose id and secret the header carries, or ``Unauthorized``.
 
     App rows are cached for a few seconds.  A secret that does not match the
@@ -66,8 +44,8 @@ def authenticate(settings: Settings, header: str | None) -> App:
     at once (the old one keeps working until the cached row expires).
     """
     app_id, secret = parse_basic(header)
-    cached = _apps.get(app_id)
-    if cached is not None and secret_matches(settings.hmac_key, secret, cached.secret_hash):
+    cached = ctx.apps.get(app_id)
+    if cached is not None and secret_matches(ctx.settings.hmac_key, secret, cached.secret_hash):
         return cached
     try:
         with db_errors():
@@ -76,8 +54,8 @@ def authenticate(settings: Settings, header: str | None) -> App:
         raise Unauthorized("unknown app id or wrong secret") from None
     except PynamoDBException as e:
         raise Unavailable(f"reading the app: {e}") from e
-    _apps.put(app_id, app)
-    if not secret_matches(settings.hmac_key, secret, app.secret_hash):
+    ctx.apps.put(app_id, app)
+    if not secret_matches(ctx.settings.hmac_key, secret, app.secret_hash):
         raise Unauthorized("unknown app id or wrong secret")
     return app
 
@@ -89,8 +67,8 @@ def enabled_images() -> list[str]:
         raise Unavailable(f"reading images: {e}") from e
 
 
-def _image(name: str) -> Image:
-    image = _images.get(name)
+def _image(ctx: Context, name: str) -> Image:
+    image = ctx.images.get(name)
     if image is None:
         try:
             image = Image.get(name)
@@ -98,7 +76,7 @@ def _image(name: str) -> Image:
             raise InvalidInput("image", f"unknown image {name!r} (see GET /api/images)") from None
         except PynamoDBException as e:
             raise Unavailable(f"reading the image: {e}") from e
-        _images.put(name, image)
+        ctx.images.put(name, image)
     if not image.enabled:
         raise InvalidInput("image", f"image {name!r} is disabled")
     return image
@@ -109,14 +87,15 @@ def _image(name: str) -> Image:
 INLINE_PAYLOAD_BYTES = 16 * 1024
 
 
-def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
+def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
     """Validate against the app and the platform, store, and queue.  All or nothing."""
-    image = _image(req.image)
+    settings = ctx.settings
+    image = _image(ctx, req.image)
     limits = resolve_limits(req.limits, app.limits or {}, settings)
     if req.network and not app.network:
         raise InvalidInput("network", "this app may not give its sandboxes network access")
     try:
-        server = choose_server(image.docker_image, settings.heartbeat_ttl_s)
+        server = scheduling.choose_server(image.docker_image, settings.heartbeat_ttl_s, scheduling.servers(ctx))
     except PynamoDBException as e:
         raise Unavailable(f"reading servers: {e}") from e
     if req.network and not server.network:
@@ -124,8 +103,7 @@ def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
     sandbox_id = new_id()
     tar = bundle(req.files)
     payload = tar + req.stdin
-    sandbox = Sandbox(
-        sandbox_id,
+    fields: dict[str, Any] = dict(
         app_id=app.app_id,
         image=image.name,
         docker_image=image.docker_image,
@@ -138,16 +116,14 @@ def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
         files_bytes=len(tar),
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
-        status="queued",
-        server=server.name,
     )
-    if sandbox.files_key:
-        aws.put_object(settings, sandbox.files_key, payload)
+    if fields["files_key"]:
+        aws.put_object(settings, fields["files_key"], payload)
     try:
-        sandbox.save(condition=Sandbox.sandbox_id.does_not_exist())
+        sandbox = lifecycle.create(sandbox_id, server.name, **fields)
         aws.send_wakeup(settings, server.queue_url, sandbox_id)
     except (PynamoDBException, Unavailable) as e:
-        _undo(settings, sandbox)
+        _undo(settings, sandbox_id, fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
     log(
         logger,
@@ -161,38 +137,23 @@ def create(settings: Settings, app: App, req: SandboxRequest) -> Sandbox:
     return sandbox
 
 
-def _undo(settings: Settings, sandbox: Sandbox) -> None:
-    """Best effort: leave nothing half-made behind a failed create."""
+def _undo(settings: Settings, sandbox_id: str, files_key: str | None) -> None:
+    """Best effort: leave nothing half-made behind a failed create (the row may or may not have been stored)."""
+    # The caller logs and answers the fault that brought us here; these lines say only what was left behind.
     try:
-        sandbox.delete()
-    except Exception:  # noqa: BLE001 - the original error is what the caller needs
-        logger.exception("undo: could not delete sandbox row %s", sandbox.sandbox_id)
-    if sandbox.files_key:
+        Sandbox(sandbox_id).delete()
+    except Exception as e:  # noqa: BLE001 - the original error is what the caller needs
+        log(logger, "sandbox.undo_failed", logging.WARNING, sandbox_id=sandbox_id, left="row", error=describe(e))
+    if files_key:
         try:
-            aws.delete_objects(settings, [sandbox.files_key])
-        except Exception:  # noqa: BLE001
-            logger.exception("undo: could not delete files of %s", sandbox.sandbox_id)
+            aws.delete_objects(settings, [files_key])
+        except Exception as e:  # noqa: BLE001
+            log(logger, "sandbox.undo_failed", logging.WARNING, sandbox_id=sandbox_id, left="files", error=describe(e))
 
 
-MAX_WAIT_S = 20
-
-
-def parse_wait(raw: str | None) -> float:
-    """``?wait=N``: hold the request until the sandbox is settled or N seconds (at most 20) pass."""
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput("wait", f"{raw!r} is not a number of seconds") from None
-    if not 0 <= value <= MAX_WAIT_S or value != value:
-        raise InvalidInput("wait", f"must be between 0 and {MAX_WAIT_S} seconds")
-    return value
-
-
-def wait_settled(app: App, sandbox_id: str, wait_s: float) -> Sandbox:
+def wait_settled(ctx: Context, app: App, sandbox_id: str, wait_s: float) -> Sandbox:
     """The sandbox, once it has left queued/running or ``wait_s`` has passed (see ``waiting``)."""
-    return waiting.wait(get(app, sandbox_id), wait_s)
+    return ctx.reader.wait(get(app, sandbox_id), wait_s)
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:
@@ -224,17 +185,12 @@ def cancel(app: App, sandbox_id: str) -> Sandbox:
                 f"sandbox {sandbox_id!r} has already finished ({sandbox.status}); there is nothing to cancel"
             )
         try:
-            sandbox.update(
-                actions=[Sandbox.status.set("cancelled"), Sandbox.finished_at.set(utcnow())],
-                condition=Sandbox.status == sandbox.status,
-            )
-        except UpdateError as e:
-            if e.cause_response_code != "ConditionalCheckFailedException":
-                raise Unavailable(f"cancelling the sandbox: {e}") from e
-            sandbox = get(app, sandbox_id)  # it moved on meanwhile (claimed, finished): look again
-            continue
+            cancelled = lifecycle.cancel(sandbox)
         except PynamoDBException as e:
             raise Unavailable(f"cancelling the sandbox: {e}") from e
+        if not cancelled:
+            sandbox = get(app, sandbox_id)  # it moved on meanwhile (claimed, finished): look again
+            continue
         log(logger, "sandbox.cancelled", sandbox_id=sandbox_id, app_id=app.app_id, server=sandbox.server)
         return sandbox
     raise Unavailable(f"sandbox {sandbox_id!r} kept changing state; try again")
@@ -268,34 +224,55 @@ def _decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
 
 
-def parse_page_size(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput("limit", f"{raw!r} is not a whole number") from None
-    if not 1 <= value <= MAX_PAGE:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}")
-    return value
+class Output(NamedTuple):
+    """A sandbox's output as the API shows it (text, or None for an empty stream)."""
+
+    stdout: str | None
+    stderr: str | None
+    logs: str | None
+
+
+def _read_output(settings: Settings, key: str) -> Output:
+    output = json.loads(aws.get_object(settings, key))
+    return Output(output["stdout"] or None, output["stderr"] or None, output["logs"])
+
+
+def overflowed_outputs(settings: Settings, rows: list[Sandbox]) -> dict[str, Output]:
+    """The output of each row whose output was too large for it (``output_key``), read from S3.
+
+    A page may hold many such rows: they are read a few at a time, not one
+    after the other.  A failed read is ``Unavailable``, as any S3 fault.
+    """
+    keyed = [(sb.sandbox_id, sb.output_key) for sb in rows if sb.output_key]
+    if len(keyed) <= 1:
+        return {sandbox_id: _read_output(settings, key) for sandbox_id, key in keyed}
+    with ThreadPoolExecutor(max_workers=min(OUTPUT_READERS, len(keyed)), thread_name_prefix="output") as pool:
+        read = pool.map(lambda item: _read_output(settings, item[1]), keyed)
+        return {sandbox_id: output for (sandbox_id, _), output in zip(keyed, read, strict=True)}
+
+
+def show(settings: Settings, sb: Sandbox) -> dict[str, Any]:
+    """One sandbox as JSON, its overflowed output read back whole, so clients never see the difference."""
+    return to_json(sb, overflowed_outputs(settings, [sb]).get(sb.sandbox_id))
+
+
+def show_many(settings: Settings, rows: list[Sandbox]) -> list[dict[str, Any]]:
+    """Sandboxes as JSON, in order, as ``show`` shows each one."""
+    outputs = overflowed_outputs(settings, rows)
+    return [to_json(sb, outputs.get(sb.sandbox_id)) for sb in rows]
 
 
 def _iso(dt: Any) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-def to_json(sb: Sandbox, settings: Settings | None = None) -> dict[str, Any]:
-    """A sandbox as the API shows it: the original fields first, then ours.
+def to_json(sb: Sandbox, output: Output | None = None) -> dict[str, Any]:
+    """A sandbox as the API shows it: the original fields first, then ours.  No I/O.
 
-    Output too large for the row lives in S3 (``output_key``) and is read back
-    whole here, so clients never see the difference.
+    ``output``: the output read from S3 when the row's own did not fit
+    (``output_key``; see ``show``); otherwise the row's.
     """
-    stdout: str | None = sb.stdout
-    stderr: str | None = sb.stderr
-    logs: str | None = sb.logs
-    if sb.output_key and settings is not None:
-        output = json.loads(aws.get_object(settings, sb.output_key))
-        stdout, stderr, logs = output["stdout"] or None, output["stderr"] or None, output["logs"]
+    stdout, stderr, logs = output if output is not None else (sb.stdout, sb.stderr, sb.logs)
     duration = None
     if sb.started_at and sb.finished_at:
         duration = int((sb.finished_at - sb.started_at).total_seconds() * 1000)

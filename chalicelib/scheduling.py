@@ -11,48 +11,46 @@ ready server is busy, the sandbox queues behind one chosen by weight of its
 slots.  With servers registered but none ready the sandbox is still accepted
 onto an active server's queue and waits ``queued`` there (the reconciler moves
 it once a server is ready); with no active server at all it is a 503.
+
+The API reads the servers' rows at most every couple of seconds: they are kept
+in its ``Context`` (``servers``).
 """
 
 from __future__ import annotations
 
 import random
-import threading
-import time
-from datetime import timedelta
 
+from chalicelib import context, liveness
+from chalicelib.context import Context
 from chalicelib.errors import Unavailable
-from chalicelib.models import DockerServer, utcnow
+from chalicelib.models import DockerServer
 
-_CACHE_S = 2.0
-_lock = threading.Lock()
-_cache: tuple[float, list[DockerServer]] = (0.0, [])
+_ALL = "all"  # the one key of ``Context.servers``: the table is small and read whole
 
 
-def servers(max_age_s: float = _CACHE_S) -> list[DockerServer]:
-    """All registered servers, read at most every ``max_age_s`` seconds (a small table)."""
-    global _cache
-    with _lock:
-        at, rows = _cache
-        if time.monotonic() - at < max_age_s:
-            return rows
-    rows = list(DockerServer.scan())
-    with _lock:
-        _cache = (time.monotonic(), rows)
+def servers(ctx: Context) -> list[DockerServer]:
+    """All registered servers, from ``ctx``'s cache when it read them lately (``context.SERVERS_TTL_S``)."""
+    rows: list[DockerServer] | None = ctx.servers.get(_ALL)
+    if rows is None:
+        rows = list(DockerServer.scan())
+        ctx.servers.put(_ALL, rows)
     return rows
 
 
 def forget() -> None:
-    global _cache
-    with _lock:
-        _cache = (0.0, [])
+    """Read the servers afresh next time: this process has just changed one (the admin's drain, delete...)."""
+    ctx = context.current()
+    if ctx is not None:
+        ctx.servers.clear()
 
 
-def is_alive(server: DockerServer, ttl_s: int) -> bool:
-    return server.last_heartbeat is not None and utcnow() - server.last_heartbeat < timedelta(seconds=ttl_s)
+def is_alive(server: DockerServer, ttl_s: int = 0) -> bool:
+    """The reconciler's verdict (``chalicelib.liveness``): no clock of another host is compared here."""
+    return liveness.is_alive(server)
 
 
-def is_healthy(server: DockerServer, ttl_s: int) -> bool:
-    return server.state == "active" and is_alive(server, ttl_s)
+def is_healthy(server: DockerServer, ttl_s: int = 0) -> bool:
+    return liveness.is_healthy(server)
 
 
 def pick_ready(docker_image: str, ttl_s: int, rows: list[DockerServer]) -> DockerServer | None:
@@ -68,7 +66,8 @@ def pick_ready(docker_image: str, ttl_s: int, rows: list[DockerServer]) -> Docke
 
 
 def choose_server(docker_image: str, ttl_s: int, candidates: list[DockerServer] | None = None) -> DockerServer:
-    rows = servers() if candidates is None else candidates
+    """A server for a new sandbox among ``candidates`` (every server, read now, when None)."""
+    rows = list(DockerServer.scan()) if candidates is None else candidates
     active = [s for s in rows if s.state == "active"]
     if not active:
         raise Unavailable("no Docker server can take work now (none is registered and active)")

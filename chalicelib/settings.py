@@ -60,6 +60,9 @@ class Settings:
     aws_endpoint_url: str | None = LOCAL_ENDPOINT
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    # Per-service endpoints from boto3's own AWS_ENDPOINT_URL_DYNAMODB / _SQS / _S3, which win
+    # over the shared one for that service (an operator can put S3 elsewhere; a drill can cut one).
+    service_endpoints: Mapping[str, str] = field(default_factory=dict)
     table_prefix: str = "opendevelop-local"
     bucket: str = "opendevelop-local-files"
     hmac_key: bytes = field(default=b"", repr=False)
@@ -97,6 +100,7 @@ class Settings:
             stage=stage,
             region=region,
             aws_endpoint_url=endpoint,
+            service_endpoints=_service_endpoints(env),
             aws_access_key_id=key_id,
             aws_secret_access_key=key_secret,
             table_prefix=prefix,
@@ -114,15 +118,36 @@ class Settings:
     def limit(self, name: str) -> Limit:
         return self.limits[name]
 
-    def boto_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``boto3.client``: region, endpoint and credentials."""
+    def endpoint(self, service: str | None = None) -> str | None:
+        """The endpoint URL for ``service`` ("dynamodb", "sqs", "s3"); None: boto3's own resolution."""
+        return self.service_endpoints.get(service or "") or self.aws_endpoint_url
+
+    def boto_kwargs(self, service: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.client``: region, endpoint (``service``'s own, if set) and credentials."""
         kwargs: dict[str, Any] = {"region_name": self.region}
-        if self.aws_endpoint_url:
-            kwargs["endpoint_url"] = self.aws_endpoint_url
+        endpoint = self.endpoint(service)
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
         if self.aws_access_key_id and self.aws_secret_access_key:
             kwargs["aws_access_key_id"] = self.aws_access_key_id
             kwargs["aws_secret_access_key"] = self.aws_secret_access_key
         return kwargs
+
+
+SERVICES = ("dynamodb", "sqs", "s3")
+
+
+def _service_endpoints(env: Mapping[str, str]) -> dict[str, str]:
+    endpoints = {}
+    for service in SERVICES:
+        var = f"AWS_ENDPOINT_URL_{service.upper()}"
+        value = (env.get(var) or "").strip()
+        if not value:
+            continue
+        if not value.startswith(("http://", "https://")):
+            raise SettingsError(f"{var}: {value!r} is not an http(s) URL")
+        endpoints[service] = value
+    return endpoints
 
 
 # name: (default, ceiling, minimum, integer)

@@ -16,7 +16,8 @@ back off when the table is slow instead of adding to its load.
 
 Under Lambda each invocation holds one request, so the reader reads one row a
 tick, as a poll would; a long-running API process (``chalice local``, a
-container) shares one reader among all its waiting requests.
+container) shares one reader among all its waiting requests.  The process's
+reader is its ``Context``'s (``chalicelib.context``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pynamodb.exceptions import PynamoDBException
 
+from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, Sandbox
 
 logger = logging.getLogger("opendevelop.api")
@@ -47,11 +49,19 @@ class _Watch:
 
 
 class Reader:
+    """The one reader of a process's waiting requests; its thread starts with the first wait."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watches: dict[str, list[_Watch]] = {}
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """Let the thread end once nobody waits (a replaced context's reader must not idle on forever)."""
+        self._closed = True
+        self._wake.set()
 
     def wait(self, sandbox: Sandbox, wait_s: float) -> Sandbox:
         """``sandbox`` (already read, and the caller's), once settled or after ``wait_s``: the newest row seen."""
@@ -86,13 +96,16 @@ class Reader:
                 with self._lock:
                     if self._watches:
                         continue
+                    if self._closed:
+                        self._thread = None
+                        return
                 self._wake.wait(5)
                 continue
             started = time.monotonic()
             try:
                 rows = self._read(ids)
             except PynamoDBException as e:  # the waiters get their last row at their deadline
-                logger.warning("wait.read_failed: %s", e)
+                log(logger, "wait.read_failed", logging.WARNING, sandboxes=len(ids), error=describe(e))
                 rows = {}
             read_s = time.monotonic() - started
             tick = self._publish(rows, started)
@@ -126,10 +139,3 @@ class Reader:
                     else:
                         tick = min(tick, 0.05 + (now - watch.since) / 10)  # queued: 50 ms, slower with time
         return tick
-
-
-_reader = Reader()
-
-
-def wait(sandbox: Sandbox, wait_s: float) -> Sandbox:
-    return _reader.wait(sandbox, wait_s)

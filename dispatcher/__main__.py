@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import docker
 from pynamodb.exceptions import DoesNotExist
@@ -15,10 +16,10 @@ from pynamodb.exceptions import DoesNotExist
 from chalicelib import logs, models
 from chalicelib.models import DockerServer
 from chalicelib.settings import Settings, SettingsError
-from dispatcher import pool, remote
+from dispatcher import docker_ssh, pool, watchdog
 from dispatcher.runner import Runner
-from dispatcher.settings import DispatcherSettings
-from dispatcher.worker import Dispatcher
+from dispatcher.settings import DispatcherSettings, fence_plan
+from dispatcher.worker import Dispatcher, take_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", help="the Docker server's name (env OPENDEVELOP_SERVER)")
     parser.add_argument("--slots", type=int, help="sandboxes run at once (default: the server's slots)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--check-config", action="store_true", help="print the fence's timing (lease, kill, TTL, margin) and exit"
+    )
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
     try:
         settings = Settings.from_env(require_hmac_key=False)  # it never checks app secrets
-        config = DispatcherSettings.from_env(server=args.server, slots=args.slots)
+        config = DispatcherSettings.from_env(
+            server=args.server or ("-" if args.check_config else None), slots=args.slots
+        )
+        plan = fence_plan(settings, config)  # refuses settings whose lease leaves no margin
     except SettingsError as e:
         print(f"dispatcher: configuration: {e}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(f"dispatcher: configuration is consistent: {plan.describe()}")
+        return 0
     models.configure(settings)
     try:
         server = DockerServer.get(config.server)
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     url = config.docker_url or server.url
     slots = int(config.slots or server.slots)
     try:
-        client = remote.docker_api(
+        client = docker_ssh.docker_api(
             url,
             timeout=60,
             max_pool_size=slots * 2 + 4,
@@ -53,9 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as e:
         print(f"dispatcher: cannot reach the Docker engine at {url}: {e}", file=sys.stderr)
         return 1
+    holder = take_server(server, config.instance, watch_s=2 * config.heartbeat_s + 1)
+    if holder:
+        print(
+            f"dispatcher: server {server.name!r} is served by a live dispatcher (instance {holder}); "
+            "stop it first (its heartbeat moves)",
+            file=sys.stderr,
+        )
+        return 3
+    spool = Path(config.spool_dir)
+    watchdog.keep_running(spool, url, every_s=config.heartbeat_s)
     runner = Runner(
         client,
         server.name,
+        spool=spool,
         runtime=server.runtime,
         user=config.user,
         tmp_mb=config.tmp_mb,

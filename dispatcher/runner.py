@@ -1,21 +1,19 @@
-"""Running one sandbox in a fresh, locked-down container.
+"""The Docker engine, behind ``dispatcher.engine.Engine``: the only part of the dispatcher that knows Docker.
 
-The container gets no network, a read-only root, a size-capped tmpfs as its
-working folder (``/sandbox``) and another as ``/tmp``, a non-root user, no
-capabilities, ``no-new-privileges``, an init process, and memory (swap equal
-to it), CPU, pids and open-files limits.  Everything a run needs arrives on the
-container's stdin, without any host path: a header line, the command (with the
-sandbox's environment as ``export`` lines), the tar the API stored, then the
-program's own stdin.  A tiny shell prologue reads exactly the header's byte
-counts, unpacks the tar into ``/sandbox`` and ``exec``-s the command, which
-inherits the rest as its stdin.  That works the same for a local engine and an
-``ssh://`` one, and the dispatcher never touches a path sandboxed code could
-change.  Because nothing of a run is in the container's configuration, a
-container can be made and started before its run is known (see ``pool``).
+A run gets a fresh container configured by ``container.configure`` (or a
+spare of the same configuration, see ``pool``), attaches to it, feeds it its
+input and reads its output (see ``attach``), and kills it at the timeout.  The
+engine keeps no output (its log driver is ``none``).
 
-Output is read from the attach stream as it comes, kept up to the cap per
-stream and counted beyond it, so a flood costs the dispatcher a fixed buffer,
-and the engine's log driver is ``none`` so nothing lands on the host's disk.
+Here too is what only Docker can say, turned into the dispatcher's terms:
+
+* whether the engine answers (``healthy``, a ping);
+* what an exit code means: 137 with ``OOMKilled`` is the memory limit, and a
+  137/143 exit that the dispatcher did not cause (a ``kill``/``stop`` event
+  whose signal is not its own SIGKILL) is the engine or an operator stopping
+  the container, reported as ``RunResult.stopped_by``;
+* transport and API errors, raised again as ``EngineUnavailable`` (the engine
+  could not be reached) or ``PlatformError``, ``from`` the original.
 """
 
 from __future__ import annotations
@@ -23,144 +21,73 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import shlex
-import socket
-import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import LogConfig, Ulimit
 
 from chalicelib.logs import log
-from dispatcher.pool import Pool, Shape
+from dispatcher import watchdog
+from dispatcher.attach import Capture, demux, send_input, stdin_for
+from dispatcher.container import (
+    LABEL_POOL,
+    LABEL_SANDBOX,
+    LABEL_SERVER,
+    Hardening,
+    Shape,
+    configure,
+    docker_py,
+    run_name,
+    sandbox_of,
+)
+from dispatcher.engine import EngineUnavailable, Leftover, PlatformError, RunResult, RunSpec
+from dispatcher.pool import Pool
+
+__all__ = ["LABEL_POOL", "LABEL_SANDBOX", "LABEL_SERVER", "Runner", "RunResult", "RunSpec"]
 
 logger = logging.getLogger("opendevelop.dispatcher")
 
-LABEL_SANDBOX = "opendevelop.sandbox"
-LABEL_SERVER = "opendevelop.server"
-WORKDIR = "/sandbox"
-LABEL_POOL = "opendevelop.pool"
-# stdin: "<tar bytes> <command bytes>\n", the command, the tar, then the program's own stdin.
-# `read` takes the header line byte by byte and `head -c` reads exactly what it is asked, so
-# whatever follows is the program's own.
-PROLOGUE = (
-    'read -r n m || exit 125; c=$(head -c "$m") || exit 125; '
-    'if [ "$n" -gt 0 ]; then head -c "$n" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
-    "cd " + WORKDIR + ' && exec /bin/sh -c "$c"'
-)
-_RUN_NAME = re.compile(r"^/?od-([0-9a-zA-Z]+)$")  # od-<sandbox id>; spares are od-spare-<hex>
-READ_CHUNK = 64 * 1024
+# Exit codes of a container ended by a signal: SIGKILL (the timeout, a cancel, the OOM killer,
+# or someone outside), SIGTERM (only ever someone outside: the dispatcher sends SIGKILL).
+SIGNALLED = (137, 143)
 
 
-class PlatformError(Exception):
-    """The platform (not the user's program) failed; ``transient`` says whether a retry may help."""
+def _engine_gone(e: BaseException | None) -> bool:
+    """Whether the engine could not be reached (docker-py talks HTTP through ``requests``).
 
-    def __init__(self, message: str, transient: bool = True) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    sandbox_id: str
-    docker_image: str
-    cmd: list[str]
-    timeout_s: float
-    memory_mb: int
-    cpus: float
-    pids: int
-    disk_mb: int
-    output_bytes: int
-    files_bytes: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-    network: bool = False
+    A pooled connection can still answer a ping while a stopping engine has
+    already closed its socket, so the failure itself is the better witness.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, requests.exceptions.ConnectionError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
-@dataclass
-class RunResult:
-    return_code: int
-    stdout: bytes
-    stderr: bytes
-    logs: bytes
-    timed_out: bool
-    oom_killed: bool
-    output_truncated: bool
-    duration_s: float
-    container_id: str = ""
+def translated(e: Exception) -> Exception:
+    """The dispatcher's own error for an engine's: raise the answer ``from e``."""
+    if _engine_gone(e):
+        return EngineUnavailable(f"{type(e).__name__}: {e}")
+    if isinstance(e, PlatformError):
+        return e
+    if isinstance(e, DockerException):
+        return PlatformError(f"docker: {e}")
+    if isinstance(e, requests.exceptions.RequestException):
+        return PlatformError(f"{type(e).__name__}: {e}")
+    return e  # not the engine's: the dispatcher reports it as unexpected
 
 
-class _Capture:
-    """Keeps up to ``cap`` bytes per stream; ``logs`` interleaves exactly the kept parts."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.kept = {1: bytearray(), 2: bytearray()}
-        self.logs = bytearray()
-        self.truncated = False
-
-    def add(self, stream: int, data: bytes) -> None:
-        buf = self.kept.get(stream)
-        if buf is None:
-            return
-        room = self.cap - len(buf)
-        if room <= 0:
-            self.truncated = True
-            return
-        if len(data) > room:
-            data = data[:room]
-            self.truncated = True
-        buf += data
-        self.logs += data
-
-
-def _demux(raw: Any, capture: _Capture) -> None:
-    """Read Docker's multiplexed attach stream to its end, frame by frame, in bounded memory."""
-    header = b""
-    stream, remaining = 0, 0
-    while True:
-        chunk = raw.recv(READ_CHUNK)
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            if remaining == 0:
-                need = 8 - len(header)
-                header += view[:need].tobytes()
-                view = view[need:]
-                if len(header) < 8:
-                    break
-                stream, remaining = struct.unpack(">BxxxL", header)
-                header = b""
-                continue
-            take = view[:remaining]
-            capture.add(stream, take.tobytes())
-            remaining -= len(take)
-            view = view[len(take) :]
-
-
-def stdin_for(spec: RunSpec, payload: bytes) -> bytes:
-    """What the prologue reads: the header, the command (environment first), then the tar and stdin."""
-    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
-    script = (exports + " && ".join(spec.cmd)).encode()
-    return f"{spec.files_bytes} {len(script)}\n".encode() + script + payload
-
-
-def _send_input(raw: Any, payload: bytes) -> None:
-    """Write the tar and stdin, then close our writing side so the program sees EOF."""
-    try:
-        if payload:
-            raw.sendall(payload)
-    except OSError:
-        pass  # the program exited without reading everything: that is its business
-    finally:
-        try:
-            raw.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+def _exit_code(container: dict[str, Any]) -> int | None:
+    """The exit code a listed container's status line gives ("Exited (137) 5 seconds ago")."""
+    match = re.match(r"^Exited \((-?\d+)\)", str(container.get("Status") or ""))
+    return int(match.group(1)) if match else None
 
 
 class Runner:
@@ -175,17 +102,37 @@ class Runner:
         tmp_mb: int = 64,
         nofile: int = 256,
         pool_size: int = 0,
+        spool: Path | None = None,
     ) -> None:
+        self.spool = spool  # where the deadline files go, for the watchdog (``dispatcher.watchdog``)
         self.api = client
         self.server = server
-        self.runtime = runtime
-        self.user = user
-        self.tmp_mb = tmp_mb
-        self.nofile = nofile
+        self.hardening = Hardening(runtime=runtime, user=user, tmp_mb=tmp_mb, nofile=nofile)
         self._images: set[str] = set()
         self._lock = threading.Lock()
         self.live: set[str] = set()  # ids of the containers made here and not removed yet
-        self.pool: Pool | None = Pool(self, pool_size) if pool_size > 0 else None
+        self.pool = Pool(self.start_spare, self.remove, pool_size, server=server)
+
+    # Engine: background work and health
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def pause(self) -> None:
+        self.pool.pause()
+
+    def resume(self) -> None:
+        self.pool.resume()
+
+    def healthy(self) -> bool:
+        try:
+            self.api.ping()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the same here
+            return False
 
     # Images
 
@@ -204,70 +151,27 @@ class Runner:
             self._images.add(ref)
         return True
 
-    def local_images(self) -> list[str]:
+    def images(self) -> list[str]:
+        try:
+            listed = self.api.images()
+        except Exception as e:
+            raise translated(e) from e
         tags: list[str] = []
-        for image in self.api.images():
+        for image in listed:
             tags.extend(t for t in image.get("RepoTags") or [] if t != "<none>:<none>")
         return sorted(tags)
 
     # Containers
 
-    def container_name(self, sandbox_id: str) -> str:
-        return f"od-{sandbox_id}"
-
-    def _host_pids(self, pids: int) -> int:
-        """The engine's pids limit.
-
-        Under runc it counts the program's processes.  Under gVisor it counts the
-        sandbox kernel's host threads (about 70 idle, and up to ~18 per process under a fork bomb), and
-        hitting it kills the whole sandbox, so there it is only a backstop and
-        ``nproc`` (which gVisor enforces per sandbox) is the real limit.
-        """
-        return 256 + 32 * pids if self.runtime == "runsc" else pids
-
-    def _ulimits(self, pids: int) -> list[Ulimit]:
-        limits = [Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)]
-        if self.runtime == "runsc":
-            # Under runc nproc would count every container's uid-1000 processes together.
-            limits.append(Ulimit(name="nproc", soft=pids, hard=pids))
-        return limits
-
     def _create(self, shape: Shape, name: str, labels: dict[str, str]) -> str:
         if not self.has_image(shape.docker_image):
             raise PlatformError(f"image {shape.docker_image} is not present on server {self.server}", transient=False)
-        host_config = self.api.create_host_config(
-            network_mode="bridge" if shape.network else "none",
-            read_only=True,
-            tmpfs={
-                WORKDIR: f"rw,exec,nosuid,nodev,size={shape.disk_mb}m,mode=1777",
-                "/tmp": f"rw,exec,nosuid,nodev,size={self.tmp_mb}m,mode=1777",
-            },
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            init=True,
-            mem_limit=f"{shape.memory_mb}m",
-            memswap_limit=f"{shape.memory_mb}m",
-            mem_swappiness=0,
-            nano_cpus=int(shape.cpus * 1e9),
-            pids_limit=self._host_pids(shape.pids),
-            ulimits=self._ulimits(shape.pids),
-            shm_size="16m",
-            ipc_mode="private",
-            oom_score_adj=1000,  # under host memory pressure, sandboxes die first
-            log_config=LogConfig(type="none"),  # output is read live; nothing is kept on the host's disk
-            runtime=self.runtime,
-        )
+        create, host = docker_py(configure(shape, self.hardening))
         kwargs: dict[str, Any] = dict(
-            image=shape.docker_image,
-            command=["/bin/sh", "-c", PROLOGUE],
-            user=self.user,
-            environment={"HOME": WORKDIR, "LANG": "C.UTF-8"},  # the sandbox's own come with its command
-            stdin_open=True,  # docker-py sets StdinOnce with it: closing our side closes the program's stdin
-            tty=False,
-            hostname="sandbox",
+            create,
             labels={LABEL_SERVER: self.server, **labels},
             name=name,
-            host_config=host_config,
+            host_config=self.api.create_host_config(**host),
         )
         try:
             cid = str(self.api.create_container(**kwargs)["Id"])
@@ -286,7 +190,7 @@ class Runner:
 
     def create(self, spec: RunSpec) -> str:
         """A container for this run, not started."""
-        return self._create(Shape.of(spec), self.container_name(spec.sandbox_id), {LABEL_SANDBOX: spec.sandbox_id})
+        return self._create(spec.shape, run_name(spec.sandbox_id), {LABEL_SANDBOX: spec.sandbox_id})
 
     def start_spare(self, shape: Shape) -> str:
         """A started container of ``shape``, waiting for a run on its stdin (see ``pool``)."""
@@ -300,15 +204,13 @@ class Runner:
 
     def _take_spare(self, spec: RunSpec) -> str | None:
         """A running spare for this run, named for it; None when there is none (or it is not usable)."""
-        if self.pool is None:
-            return None
-        cid = self.pool.take(spec)
+        cid = self.pool.take(spec.shape)
         if cid is None:
             return None
         try:
             if not self.api.inspect_container(cid)["State"].get("Running"):
                 raise NotFound("the spare is not running")
-            name = self.container_name(spec.sandbox_id)
+            name = run_name(spec.sandbox_id)
             try:
                 self.api.rename(cid, name)
             except APIError as e:
@@ -322,35 +224,38 @@ class Runner:
             self.remove(cid)
             return None
 
-    def run(self, spec: RunSpec, payload: bytes, remove: bool = True) -> RunResult:
+    def run(self, spec: RunSpec, payload: bytes) -> RunResult:
         """Run to the end (or the timeout), in a spare when the pool has one, else in a new container.
 
-        The container is removed before returning unless ``remove`` is false, in
-        which case the caller must call ``remove(result.container_id)`` -- the
-        dispatcher does so only after recording the result, so removal is not on
-        the path to the client seeing it.  On any failure it is removed here.
+        The container is kept for ``release(result.container_id)`` -- the
+        dispatcher calls it only after recording the result, so removal is not
+        on the path to the client seeing it.  On any failure it is removed here.
         """
         cid = None
-        ok = False
+        since = time.time()
         try:
             cid = self._take_spare(spec)
             running = cid is not None
             if cid is None:
                 cid = self.create(spec)
             result = self._run(cid, spec, payload, running)
-            ok = True
+            if result.return_code in SIGNALLED and not result.timed_out and not result.oom_killed:
+                result.stopped_by = self._stopped_from_outside(cid, since)
             return result
-        except DockerException as e:
-            raise PlatformError(f"docker: {e}") from e
-        finally:
-            if cid and (remove or not ok):
+        except Exception as e:
+            if cid:
                 self.remove(cid)
+            error = translated(e)
+            if error is e:
+                raise
+            raise error from e
 
     def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
-        capture = _Capture(spec.output_bytes)
+        capture = Capture(spec.output_bytes)
         timed_out = threading.Event()
+        deadline: threading.Thread | None = None
         started = time.monotonic()
         try:
             raw.settimeout(spec.timeout_s + 60)  # a backstop only: the kill below ends the stream
@@ -360,13 +265,17 @@ class Runner:
             killer = threading.Timer(spec.timeout_s, self._kill_on_timeout, (cid, timed_out))
             killer.daemon = True
             killer.start()
-            writer = threading.Thread(target=_send_input, args=(raw, stdin_for(spec, payload)), daemon=True)
+            if self.spool is not None:
+                # Off the program's path: the deadline holds even if this process stops.
+                deadline = threading.Thread(target=self._leave_deadline, args=(cid, spec), daemon=True)
+                deadline.start()
+            writer = threading.Thread(target=send_input, args=(raw, stdin_for(spec, payload)), daemon=True)
             writer.start()
             try:
-                _demux(raw, capture)
+                demux(raw, capture)
             except TimeoutError:
                 timed_out.set()
-                self.kill(cid)
+                self._kill(cid)
             finally:
                 killer.cancel()
         finally:
@@ -376,6 +285,9 @@ class Runner:
                 pass
         status = self.api.wait(cid, timeout=30)
         duration = time.monotonic() - started
+        if deadline is not None:
+            deadline.join(5)
+            watchdog.clear(self.spool or Path(), cid)
         code = int(status.get("StatusCode", -1))
         oom = False
         if code == 137 and not timed_out.is_set():
@@ -392,15 +304,54 @@ class Runner:
             container_id=cid,
         )
 
+    def _stopped_from_outside(self, cid: str, since: float) -> str:
+        """Why the engine (shutting down, say) or an operator signalled the container; "" when nobody did.
+
+        The dispatcher itself only ever sends SIGKILL (timeout, cancel, stop), and
+        a program that kills itself leaves no ``kill`` event: a signalled exit with
+        a ``kill``/``stop`` event of another signal is the platform's doing, never a result.
+        """
+        try:
+            events = self.api.events(
+                since=since - 1,
+                until=time.time(),
+                filters={"container": cid, "event": ["kill", "stop"]},
+                decode=True,
+            )
+            for event in events:
+                signal_ = (event.get("Actor") or {}).get("Attributes", {}).get("signal", "")
+                if event.get("Action") == "stop" or signal_ not in ("9", "SIGKILL"):
+                    return f"{event.get('Action')} signal {signal_ or '?'}"
+        except Exception as e:  # noqa: BLE001 - an engine that cannot say is an engine in trouble
+            return f"the engine could not be asked: {type(e).__name__}"
+        return ""
+
+    def _leave_deadline(self, cid: str, spec: RunSpec) -> None:
+        assert self.spool is not None
+        pid = 0
+        try:
+            pid = int(self.api.inspect_container(cid)["State"].get("Pid") or 0)
+        except Exception:  # noqa: BLE001 - without a pid the watchdog kills through the engine
+            pid = 0
+        if pid and not Path(f"/proc/{pid}").exists():
+            pid = 0  # a remote engine's pid means nothing on this host
+        watchdog.write(self.spool, cid, spec.sandbox_id, spec.timeout_s, pid)
+
     def _kill_on_timeout(self, cid: str, flag: threading.Event) -> None:
         flag.set()
-        self.kill(cid)
+        self._kill(cid)
 
-    def kill(self, cid: str) -> None:
+    def kill(self, sandbox_id: str) -> None:
+        self._kill(run_name(sandbox_id))
+
+    def _kill(self, container: str) -> None:
         try:
-            self.api.kill(cid)
+            self.api.kill(container)
         except (NotFound, APIError):
             pass  # already gone or already stopped
+
+    def release(self, container_id: str) -> None:
+        self.remove(container_id)
 
     def remove(self, cid: str) -> None:
         """Remove a container; never raises.  One that cannot be removed now (the engine is away)
@@ -415,21 +366,13 @@ class Runner:
             with self._lock:
                 self.live.discard(cid)
 
-    def live_ids(self) -> set[str]:
+    def leftovers(self) -> list[Leftover]:
+        """Containers of this server other than this runner's spares (in the pool, or being taken)."""
+        try:
+            listed = self.api.containers(all=True, filters={"label": f"{LABEL_SERVER}={self.server}"})
+        except Exception as e:
+            raise translated(e) from e
         with self._lock:
-            return set(self.live)
-
-    def sandbox_of(self, container: dict[str, Any]) -> str:
-        """The sandbox a listed container ran (its label, or the name a spare took); "" for a spare."""
-        label = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
-        if label:
-            return str(label)
-        for name in container.get("Names") or []:
-            match = _RUN_NAME.match(name)
-            if match:
-                return match.group(1)
-        return ""
-
-    def leftovers(self) -> list[dict[str, Any]]:
-        """Containers of this server that a previous dispatcher left behind."""
-        return list(self.api.containers(all=True, filters={"label": f"{LABEL_SERVER}={self.server}"}))
+            live = set(self.live)
+        found = [Leftover(str(c["Id"]), sandbox_of(c), c.get("State") == "running", _exit_code(c)) for c in listed]
+        return [c for c in found if c.sandbox_id or c.container_id not in live]

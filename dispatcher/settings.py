@@ -6,8 +6,11 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from chalicelib.settings import SettingsError, env_float, env_int
+from chalicelib.settings import PROJECT_ROOT, Settings, SettingsError, env_float, env_int
+
+FENCE_TICK_S = 0.1  # how often the fence is checked (no network call on the way)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,11 @@ class DispatcherSettings:
     watch_s: float = 1.0  # how often the rows of running sandboxes are checked for a cancel
     pool_size: int | None = None  # started spares per recent shape (see dispatcher.pool); None: one per slot, up to 4
     instance: str = ""
+    # The fence (see ``dispatcher.duties``): past ``lease_s`` after its last acknowledged heartbeat was
+    # sent, the dispatcher kills what it runs; ``kill_s`` is the most that kill may take.
+    lease_s: float | None = None  # None: derived from the heartbeat TTL (``fence_plan``)
+    kill_s: float = 3.0
+    spool_dir: str = ""  # finished results and deadline files on this host ("" : <state dir>/spool/<server>)
     # For an ssh:// Docker URL: the private key and the known hosts file (default: ~/.ssh's).
     ssh_identity: str | None = None
     ssh_known_hosts: str | None = None
@@ -55,9 +63,66 @@ class DispatcherSettings:
             watch_s=env_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
             pool_size=_opt_int(env, "OPENDEVELOP_POOL", 0, 64),
             instance=secrets.token_hex(4),
+            lease_s=env_float(env, "OPENDEVELOP_LEASE", 0.0, 0.0, 3600.0) or None,
+            kill_s=env_float(env, "OPENDEVELOP_KILL_WORST", 3.0, 0.5, 60.0),
+            spool_dir=env.get("OPENDEVELOP_SPOOL", "").strip()
+            or str(Path(env.get("OPENDEVELOP_STATE_DIR") or PROJECT_ROOT / ".opendevelop") / "spool" / server),
             ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
             ssh_known_hosts=_readable(env, "OPENDEVELOP_SSH_KNOWN_HOSTS"),
         )
+
+
+@dataclass(frozen=True)
+class FencePlan:
+    """The one timing of liveness, checked as a whole: the fence fires, and its kill ends, before the TTL."""
+
+    heartbeat_s: float
+    lease_s: float
+    kill_s: float
+    ttl_s: float
+
+    @property
+    def margin_s(self) -> float:
+        return self.ttl_s - (self.lease_s + self.kill_s + FENCE_TICK_S)
+
+    @property
+    def fence_s(self) -> float:
+        """After its last acknowledged heartbeat was sent, by when everything this dispatcher ran is dead."""
+        return self.lease_s + self.kill_s + FENCE_TICK_S
+
+    def describe(self) -> str:
+        return (
+            f"heartbeat every {self.heartbeat_s:g} s; lease {self.lease_s:g} s after the last acknowledged heartbeat "
+            f"was sent; kill at most {self.kill_s:g} s; all dead {self.fence_s:g} s after it; the reconciler judges "
+            f"a server dead after {self.ttl_s:g} s of an unchanged beat by its own clock; margin {self.margin_s:g} s"
+        )
+
+
+def fence_plan(settings: Settings, config: DispatcherSettings) -> FencePlan:
+    """The fence's timing; ``SettingsError`` naming the variables when it leaves no margin.
+
+    A reconciler moves a server's work once its beat has not changed for the TTL
+    (``OPENDEVELOP_HEARTBEAT_TTL``) by the reconciler's own clock.  That clock
+    started when it first saw the beat of the last heartbeat this dispatcher
+    wrote, which is after the write was sent; so killing everything within
+    ``lease + kill`` of that send keeps one run at a time, with any clock offset.
+    """
+    ttl = float(settings.heartbeat_ttl_s)
+    hb = float(config.heartbeat_s)
+    lease = config.lease_s if config.lease_s is not None else ttl - config.kill_s - max(hb, ttl / 6) - FENCE_TICK_S
+    plan = FencePlan(heartbeat_s=hb, lease_s=round(lease, 3), kill_s=config.kill_s, ttl_s=ttl)
+    if plan.margin_s <= 0:
+        raise SettingsError(
+            f"OPENDEVELOP_LEASE ({plan.lease_s:g} s) + OPENDEVELOP_KILL_WORST ({plan.kill_s:g} s) leaves no margin "
+            f"inside OPENDEVELOP_HEARTBEAT_TTL ({ttl:g} s): the reconciler could move work before it is killed"
+        )
+    if plan.lease_s < 2 * hb:
+        raise SettingsError(
+            f"OPENDEVELOP_LEASE ({plan.lease_s:g} s) is shorter than two heartbeats "
+            f"(OPENDEVELOP_HEARTBEAT_INTERVAL {hb:g} s): one slow beat would kill every run; "
+            "raise OPENDEVELOP_HEARTBEAT_TTL or beat more often"
+        )
+    return plan
 
 
 def _opt_int(env: Mapping[str, str], var: str, low: int, high: int) -> int | None:

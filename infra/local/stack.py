@@ -187,6 +187,18 @@ class Stack:
         order = sorted(self.procs, key=lambda n: (n == "aws", n == "api"))
         for name in order:
             self.stop(name)
+        self.stop_watchdogs()
+
+    def stop_watchdogs(self) -> None:
+        """The dispatchers' deadline watchdogs outlive them on purpose (``dispatcher.watchdog``); a stopped
+        stack ends them too.  Each names itself in its spool's lock file."""
+        for lock in (self.state_dir / "spool").glob("*/watchdog.lock"):
+            try:
+                pid = int(lock.read_text().strip())
+                if pid > 1:
+                    os.kill(pid, signal.SIGTERM)
+            except (ValueError, OSError):
+                pass
 
     # Data
 

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 from chalice.test import Client  # noqa: E402
 
 import app as api  # noqa: E402
-from chalicelib import admin, aws, sandboxes, scheduling  # noqa: E402
+from chalicelib import admin, aws, context  # noqa: E402
 from chalicelib.auth import hash_password  # noqa: E402
 from chalicelib.models import DockerServer, Sandbox, User, utcnow  # noqa: E402
 from chalicelib.settings import Settings  # noqa: E402
@@ -76,18 +76,10 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     return values
 
 
-def forget_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every process-wide cache the API keeps, emptied (a fresh Lambda, so to speak)."""
-    api.settings.cache_clear()
-    scheduling.forget()
-    monkeypatch.setattr(sandboxes, "_apps", sandboxes._TTLCache(sandboxes._CACHE_S))
-    monkeypatch.setattr(sandboxes, "_images", sandboxes._TTLCache(sandboxes._CACHE_S))
-
-
 @pytest.fixture
-def new_api_process(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+def new_api_process() -> Callable[[], context.Context]:
     """Call it to make the API forget what it cached, as a new process (or a few seconds) would."""
-    return lambda: forget_caches(monkeypatch)
+    return context.reset_context
 
 
 @pytest.fixture
@@ -97,16 +89,15 @@ def api_client() -> Client:
 
 
 @pytest.fixture
-def settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(env: dict[str, str]) -> Iterator[Settings]:
     """AWS mocked in-process, with the stage's tables and bucket."""
     with mock_aws():
-        forget_caches(monkeypatch)
-        current = api.settings()  # reads the environment and binds the models, as the API's first request does
+        # A fresh context read from the environment (binding the models), as the API's first request makes.
+        current = context.reset_context().settings
         assert current.aws_endpoint_url is None, "the tests must never reach a real endpoint"
         admin.init(current)
         yield current
-        api.settings.cache_clear()
-        scheduling.forget()
+        context.reset_context(current)  # nothing cached under this test's moto outlives it
 
 
 def basic_auth(app_id: str, secret: str) -> dict[str, str]:
@@ -182,9 +173,9 @@ class World:
         form_headers, body = multipart(fields, files or [])
         return self.post(body, form_headers["Content-Type"], headers)
 
-    def reload_settings(self) -> None:
+    def reload_settings(self) -> Settings:
         """After a test changes the environment: the API reads it again, as a new process would."""
-        api.settings.cache_clear()
+        return context.reset_context().settings
 
     # What the platform stored
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from chalicelib.models import Sandbox, utcnow
+from dispatcher.engine import RunResult
+from dispatcher.pipeline import Pipeline
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
 
@@ -21,8 +23,10 @@ def set_status(sandbox_id: str, status: str) -> None:
     Sandbox(sandbox_id).update(actions=[Sandbox.status.set(status), Sandbox.started_at.set(utcnow())])
 
 
-def dispatcher_of(world) -> Dispatcher:
-    return Dispatcher(world.settings, DispatcherSettings(server="local"), world.server, runner=None)  # type: ignore[arg-type]
+def pipeline_of(world) -> Pipeline:
+    """A dispatcher's claim and record, without an engine (none is needed for either)."""
+    dispatcher = Dispatcher(world.settings, DispatcherSettings(server="local"), world.server, engine=None)  # type: ignore[arg-type]
+    return dispatcher.pipeline
 
 
 def test_a_queued_sandbox_is_cancelled_and_never_claimed(world):
@@ -37,7 +41,7 @@ def test_a_queued_sandbox_is_cancelled_and_never_claimed(world):
     assert body["finished_at"] is not None and body["return_code"] is None
     assert world.get(f"/api/sandboxes/{sandbox_id}").json_body["status"] == "cancelled"
     # Its wake-up is still on the queue; the dispatcher that receives it finds nothing to run.
-    assert dispatcher_of(world)._claim(sandbox_id) == (None, False)
+    assert pipeline_of(world).claim(sandbox_id) is None
     assert Sandbox.get(sandbox_id).status == "cancelled"
 
 
@@ -95,14 +99,13 @@ def test_cancelling_needs_credentials(world):
 
 def test_a_dispatcher_never_overwrites_a_cancel_with_its_result(world):
     sandbox_id = create(world)
-    dispatcher = dispatcher_of(world)
-    sandbox, orphan = dispatcher._claim(sandbox_id)
-    assert sandbox is not None and not orphan and sandbox.status == "running"
+    pipeline = pipeline_of(world)
+    claim = pipeline.claim(sandbox_id)
+    assert claim is not None and not claim.orphan and claim.sandbox.status == "running" and claim.token
 
     assert delete(world, sandbox_id).status_code == 200
-    from dispatcher.runner import RunResult
 
-    dispatcher._record(sandbox, RunResult(137, b"", b"", b"", False, False, False, 0.5))
+    assert not pipeline.record(claim.sandbox, claim.token, RunResult(137, b"", b"", b"", False, False, False, 0.5))
 
     row = Sandbox.get(sandbox_id)
     assert row.status == "cancelled" and row.return_code is None

@@ -1,8 +1,9 @@
-"""The dispatcher's queue loop against moto, with a fake Docker runner: claims, retries, give-backs, cancels.
+"""The dispatcher's queue loop against moto, with a fake engine: claims, retries, give-backs, cancels.
 
 The real engine is exercised in tests/integration; here each failure is made
 to happen exactly where it matters (DynamoDB down while the result is written,
-the engine gone mid-run, a cancel while the container runs).
+the engine gone mid-run, a cancel while the container runs).  Retries run on a
+fake clock, so their backoff costs no time.
 """
 
 from __future__ import annotations
@@ -13,76 +14,74 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import requests
 from botocore.exceptions import EndpointConnectionError
+from pynamodb.connection.table import TableConnection
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import aws
 from chalicelib.models import DockerServer, Sandbox
-from dispatcher.runner import PlatformError, RunResult, RunSpec
+from dispatcher.engine import EngineUnavailable, Leftover, PlatformError, RunResult, RunSpec
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
 
 
 class FakeEngine:
-    def __init__(self) -> None:
-        self.up = True
-
-    def ping(self) -> bool:
-        if not self.up:
-            raise requests.exceptions.ConnectionError("engine down")
-        return True
-
-    def events(self, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
-
-
-class FakeRunner:
     """Runs nothing; ``behaviour(spec)`` says what a run returns or raises."""
 
     def __init__(self, behaviour: Callable[[RunSpec], RunResult] | None = None) -> None:
         self.behaviour = behaviour or (lambda spec: ok(spec.cmd[0]))
+        self.up = True
         self.runs: list[str] = []
         self.killed: list[str] = []
-        self.removed: list[str] = []
-        self.api = FakeEngine()
-        self.pool = None
+        self.released: list[str] = []
 
-    def run(self, spec: RunSpec, payload: bytes, remove: bool = True) -> RunResult:
+    def run(self, spec: RunSpec, payload: bytes) -> RunResult:
         self.runs.append(spec.sandbox_id)
         result = self.behaviour(spec)
-        result.container_id = "" if remove else f"cid-{spec.sandbox_id}"
+        result.container_id = f"cid-{spec.sandbox_id}"
         return result
 
-    def container_name(self, sandbox_id: str) -> str:
-        return f"od-{sandbox_id}"
+    def kill(self, sandbox_id: str) -> None:
+        self.killed.append(sandbox_id)
 
-    def kill(self, name: str) -> None:
-        self.killed.append(name)
+    def release(self, container_id: str) -> None:
+        self.released.append(container_id)
 
-    def leftovers(self) -> list[dict[str, Any]]:
+    def healthy(self) -> bool:
+        return self.up
+
+    def images(self) -> list[str]:
+        return ["opendevelop/base:latest"]
+
+    def leftovers(self) -> list[Leftover]:
         return []
 
-    def live_ids(self) -> set[str]:
-        return set()
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
 
-    def sandbox_of(self, container: dict[str, Any]) -> str:
-        return str((container.get("Labels") or {}).get("opendevelop.sandbox", ""))
 
-    def remove(self, cid: str) -> None:
-        self.removed.append(cid)
+class FakeClock:
+    """Sleeping moves the clock on at once."""
 
-    def local_images(self) -> list[str]:
-        return ["opendevelop/base:latest"]
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def ok(text: str) -> RunResult:
     return RunResult(0, text.encode() + b"\n", b"", text.encode() + b"\n", False, False, False, 0.1)
 
 
-def make(world, runner: FakeRunner, **config: Any) -> Dispatcher:
+def make(world, engine: FakeEngine, **config: Any) -> Dispatcher:
     settings = DispatcherSettings(server="local", slots=2, retry_budget_s=5, backoff_s=0, **config)
-    return Dispatcher(world.settings, settings, DockerServer.get("local"), runner)  # type: ignore[arg-type]
+    return Dispatcher(world.settings, settings, DockerServer.get("local"), engine, clock=FakeClock())
 
 
 def submit(world, cmd: str = "hello") -> str:
@@ -92,7 +91,7 @@ def submit(world, cmd: str = "hello") -> str:
 
 
 def receive(dispatcher: Dispatcher) -> dict[str, Any]:
-    got = dispatcher.sqs.receive_message(
+    got = dispatcher.inbox.sqs.receive_message(
         QueueUrl=dispatcher.server.queue_url,
         MaxNumberOfMessages=1,
         WaitTimeSeconds=0,
@@ -103,116 +102,124 @@ def receive(dispatcher: Dispatcher) -> dict[str, Any]:
     return got[0]
 
 
-def waiting(dispatcher: Dispatcher) -> int:
-    attrs = dispatcher.sqs.get_queue_attributes(
+def queue_counts(dispatcher: Dispatcher) -> dict[str, int]:
+    attrs = dispatcher.inbox.sqs.get_queue_attributes(
         QueueUrl=dispatcher.server.queue_url,
         AttributeNames=["All"],
     )["Attributes"]
-    return sum(
-        int(attrs[name])
-        for name in (
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        )
-    )
+    return {
+        name: int(attrs[f"ApproximateNumberOf{name}"]) for name in ("Messages", "MessagesNotVisible", "MessagesDelayed")
+    }
+
+
+def waiting(dispatcher: Dispatcher) -> int:
+    return sum(queue_counts(dispatcher).values())
 
 
 def test_a_sandbox_is_claimed_run_recorded_and_its_message_deleted(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world, "hello")
 
     dispatcher.handle(receive(dispatcher))
 
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.return_code, row.stdout, row.attempts) == ("terminated", 0, "hello\n", 1)
-    assert runner.runs == [sandbox_id]
-    assert runner.removed == [f"cid-{sandbox_id}"]  # after the result was written
+    assert row.token is not None  # the claim's fence
+    assert engine.runs == [sandbox_id]
+    assert engine.released == [f"cid-{sandbox_id}"]  # after the result was written
     assert waiting(dispatcher) == 0
-    assert dispatcher.inflight == {}
+    assert dispatcher.hands.ids() == []
 
 
 def test_a_second_wake_up_runs_nothing(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     aws.send_wakeup(world.settings, dispatcher.server.queue_url, sandbox_id)
 
     dispatcher.handle(receive(dispatcher))
     dispatcher.handle(receive(dispatcher))
 
-    assert runner.runs == [sandbox_id]
+    assert engine.runs == [sandbox_id]
     assert waiting(dispatcher) == 0
 
 
 def test_a_sandbox_moved_to_another_server_is_not_claimed_here(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     Sandbox(sandbox_id).update(actions=[Sandbox.server.set("elsewhere")])  # as the reconciler moves it
 
     dispatcher.handle(receive(dispatcher))
 
-    assert runner.runs == []
+    assert engine.runs == []
     assert Sandbox.get(sandbox_id).status == "queued"
 
 
 def flaky_updates(monkeypatch: pytest.MonkeyPatch, failures: int, when: Callable[[], bool]) -> list[int]:
-    """Sandbox.update fails as an unreachable endpoint would, ``failures`` times while ``when()``."""
-    original = Sandbox.update
+    """Every write of a sandbox row fails as an unreachable endpoint would, ``failures`` times while ``when()``;
+    set the returned counter to 0 to bring DynamoDB back."""
+    original = TableConnection.update_item
     left = [failures]
 
-    def update(self: Sandbox, actions: Any, condition: Any = None, **kwargs: Any) -> Any:
-        if when() and left[0] > 0:
+    def update_item(self: TableConnection, *args: Any, **kwargs: Any) -> Any:
+        if self.table_name == Sandbox.Meta.table_name and when() and left[0] > 0:
             left[0] -= 1
             raise UpdateError("Failed to update item", cause=EndpointConnectionError(endpoint_url="http://aws"))
-        return original(self, actions, condition, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Sandbox, "update", update)
+    monkeypatch.setattr(TableConnection, "update_item", update_item)
     return left
 
 
 def test_the_result_is_written_once_dynamodb_answers_again(world, monkeypatch):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world, "kept")
-    left = flaky_updates(monkeypatch, 3, when=lambda: bool(runner.runs))
+    left = flaky_updates(monkeypatch, 3, when=lambda: bool(engine.runs))
 
     dispatcher.handle(receive(dispatcher))
 
     assert left == [0]
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.stdout) == ("terminated", "kept\n")
-    assert runner.runs == [sandbox_id]
+    assert engine.runs == [sandbox_id]
     assert waiting(dispatcher) == 0
 
 
-def test_when_dynamodb_stays_down_the_message_is_kept_and_the_row_settled_later(world, monkeypatch):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
-    sandbox_id = submit(world)
-    flaky_updates(monkeypatch, 1000, when=lambda: bool(runner.runs))
+def test_when_dynamodb_stays_down_the_finished_result_is_kept_and_written_later_never_run_again(world, monkeypatch):
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
+    sandbox_id = submit(world, "once")
+    left = flaky_updates(monkeypatch, 10**9, when=lambda: bool(engine.runs))
 
-    dispatcher.handle(receive(dispatcher))  # retries for retry_budget_s, then lets the message go
+    slot = threading.Thread(target=dispatcher.handle, args=(receive(dispatcher),))
+    slot.start()  # the outage outlasts retry_budget_s many times over
+    deadline = time.monotonic() + 10
+    while not any(dispatcher.spool.kept()) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
+    kept = list(dispatcher.spool.kept())
+    assert [(k.sandbox_id, k.result.stdout) for k in kept] == [(sandbox_id, b"once\n")]  # kept on the host
     assert Sandbox.get(sandbox_id).status == "running"
-    assert waiting(dispatcher) == 1  # not deleted: it comes back
-    monkeypatch.undo()
-    # It comes back to a row running here that no slot holds: given back, and run again.
-    dispatcher.handle(receive(dispatcher))
-    assert Sandbox.get(sandbox_id).status == "queued"
-    dispatcher.handle(receive(dispatcher))
+    assert slot.is_alive()  # still recording, the message still held
+    left[0] = 0  # DynamoDB answers again
+    slot.join(10)
+
     row = Sandbox.get(sandbox_id)
-    assert (row.status, row.attempts) == ("terminated", 2)
+    assert (row.status, row.stdout, row.attempts) == ("terminated", "once\n", 1)
+    assert engine.runs == [sandbox_id]  # one run, one result
+    assert list(dispatcher.spool.kept()) == []
+    assert waiting(dispatcher) == 0
 
 
 def test_a_platform_failure_gives_the_sandbox_back_until_its_last_attempt(world):
     def broken(spec: RunSpec) -> RunResult:
         raise PlatformError("creating the container: boom")
 
-    runner = FakeRunner(broken)
-    dispatcher = make(world, runner, max_attempts=3)
+    engine = FakeEngine(broken)
+    dispatcher = make(world, engine, max_attempts=3)
     sandbox_id = submit(world)
 
     statuses = []
@@ -227,8 +234,8 @@ def test_a_platform_failure_gives_the_sandbox_back_until_its_last_attempt(world)
 
 
 def test_a_failure_that_is_not_transient_is_an_error_at_once(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     Sandbox(sandbox_id).update(actions=[Sandbox.limits.set({"timeout": "soon"})])
 
@@ -236,16 +243,16 @@ def test_a_failure_that_is_not_transient_is_an_error_at_once(world):
 
     row = Sandbox.get(sandbox_id)
     assert row.status == "error" and "malformed" in row.error
-    assert runner.runs == []
+    assert engine.runs == []
 
 
 def test_the_engine_going_away_does_not_count_as_a_try(world):
     def engine_gone(spec: RunSpec) -> RunResult:
-        runner.api.up = False
-        raise requests.exceptions.ConnectionError("Connection aborted: docker.sock")
+        engine.up = False
+        raise EngineUnavailable("ConnectionError: Connection aborted: docker.sock")
 
-    runner = FakeRunner(engine_gone)
-    dispatcher = make(world, runner, max_attempts=1)
+    engine = FakeEngine(engine_gone)
+    dispatcher = make(world, engine, max_attempts=1)
     sandbox_id = submit(world)
 
     dispatcher.handle(receive(dispatcher))
@@ -253,67 +260,105 @@ def test_the_engine_going_away_does_not_count_as_a_try(world):
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.attempts) == ("queued", 0)
     assert "Docker engine" not in (row.error or "")
-    assert not dispatcher.engine_up.is_set()  # it takes no work until the engine answers
-    assert waiting(dispatcher) == 1
-    time.sleep(1.1)
-    # A fresh wake-up: receives lost to an engine outage never add up to a dead letter.
-    assert receive(dispatcher)["Attributes"]["ApproximateReceiveCount"] == "1"
+    assert not dispatcher.flags.engine_up.is_set()  # it takes no work until the engine answers
+    # A fresh wake-up (sent with a delay, so never received yet) replaced the received message:
+    # receives lost to an engine outage never add up to a dead letter.
+    assert queue_counts(dispatcher) == {"Messages": 0, "MessagesNotVisible": 0, "MessagesDelayed": 1}
+
+
+def test_a_container_stopped_from_outside_while_the_engine_answers_ends_in_error_never_run_again(world):
+    def stopped(spec: RunSpec) -> RunResult:
+        return RunResult(143, b"", b"", b"", False, False, False, 0.5, stopped_by="kill signal 15")
+
+    engine = FakeEngine(stopped)
+    dispatcher = make(world, engine, max_attempts=3)
+    sandbox_id = submit(world)
+
+    dispatcher.handle(receive(dispatcher))
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.return_code) == ("error", None)  # never a result, and never run again
+    assert "stopped outside the platform" in row.error and "signal 15" in row.error
+    assert engine.runs == [sandbox_id]
+    assert engine.released == [f"cid-{sandbox_id}"]
+    assert waiting(dispatcher) == 0
+
+
+def test_a_container_its_stopping_engine_stopped_is_given_back_not_counted(world):
+    engine = FakeEngine()
+
+    def stopped(spec: RunSpec) -> RunResult:
+        engine.up = False  # the engine is shutting down: it stops its containers, then stops answering
+        return RunResult(143, b"", b"", b"", False, False, False, 0.5, stopped_by="kill signal 15")
+
+    engine.behaviour = stopped
+    dispatcher = make(world, engine, max_attempts=1)
+    sandbox_id = submit(world)
+
+    dispatcher.handle(receive(dispatcher))
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.attempts, row.return_code) == ("queued", 0, None)  # never a result
+    assert engine.released == [f"cid-{sandbox_id}"]
+    assert not dispatcher.flags.engine_up.is_set()
+
+
+def run_until_killed(engine_killed: threading.Event, started: threading.Event, code: int, out: bytes):
+    def behaviour(spec: RunSpec) -> RunResult:
+        started.set()  # claimed: the row says running
+        assert engine_killed.wait(10)
+        return RunResult(code, out, b"", out, False, False, False, 1.0)
+
+    return behaviour
 
 
 def test_a_cancel_kills_the_container_and_the_row_stays_cancelled(world):
-    killed = threading.Event()
-
-    def runs_until_killed(spec: RunSpec) -> RunResult:
-        assert killed.wait(10)
-        return RunResult(137, b"partial", b"", b"partial", False, False, False, 1.0)
-
-    runner = FakeRunner(runs_until_killed)
-    runner.kill = lambda name: (runner.killed.append(name), killed.set())  # type: ignore[method-assign]
-    dispatcher = make(world, runner)
+    killed, started = threading.Event(), threading.Event()
+    engine = FakeEngine(run_until_killed(killed, started, 137, b"partial"))
+    engine.kill = lambda sandbox_id: (engine.killed.append(sandbox_id), killed.set())  # type: ignore[method-assign]
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     handler = threading.Thread(target=dispatcher.handle, args=(receive(dispatcher),))
     handler.start()
-    while Sandbox.get(sandbox_id).status != "running":
-        time.sleep(0.01)
+    assert started.wait(10)
 
     assert world.client.http.delete(f"/api/sandboxes/{sandbox_id}", headers=world.auth).status_code == 200
-    dispatcher._watch_once()
+    dispatcher.duties.watch_once()
     handler.join(10)
 
-    assert runner.killed == [f"od-{sandbox_id}"]
+    assert engine.killed == [sandbox_id]
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.return_code, row.logs) == ("cancelled", None, None)
     assert waiting(dispatcher) == 0
 
 
 def test_a_dispatcher_cut_off_from_the_database_kills_its_containers_before_its_lease_runs_out(world):
-    killed = threading.Event()
-
-    def runs_until_killed(spec: RunSpec) -> RunResult:
-        assert killed.wait(10)
-        return RunResult(137, b"", b"", b"", False, False, False, 1.0)
-
-    runner = FakeRunner(runs_until_killed)
-    runner.kill = lambda name: (runner.killed.append(name), killed.set())  # type: ignore[method-assign]
-    dispatcher = make(world, runner)
+    killed, started = threading.Event(), threading.Event()
+    engine = FakeEngine(run_until_killed(killed, started, 137, b""))
+    engine.kill = lambda sandbox_id: (engine.killed.append(sandbox_id), killed.set())  # type: ignore[method-assign]
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     handler = threading.Thread(target=dispatcher.handle, args=(receive(dispatcher),))
     handler.start()
-    while Sandbox.get(sandbox_id).status != "running":
-        time.sleep(0.01)
+    assert started.wait(10)
 
-    dispatcher.last_db_ok = time.monotonic() - dispatcher.lease_s - 1  # no heartbeat written for that long
-    dispatcher._watch_once()
+    # The last acknowledged heartbeat was sent longer ago than the lease: the fence thread fires on
+    # its own, with no network call on its way.
+    dispatcher.duties.last_ok_sent = time.monotonic() - dispatcher.duties.lease_s - 1
+    fence = threading.Thread(target=dispatcher.duties.fence_loop, daemon=True)
+    fence.start()
     handler.join(10)
+    dispatcher.flags.done.set()
 
-    assert runner.killed == [f"od-{sandbox_id}"]
+    assert engine.killed == [sandbox_id]
+    assert dispatcher.flags.fenced.is_set()
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.attempts) == ("queued", 0)  # given back, not counted
 
 
 def test_recovery_gives_back_what_a_dead_dispatcher_left_running(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
+    engine = FakeEngine()
+    dispatcher = make(world, engine)
     sandbox_id = submit(world)
     receive(dispatcher)  # the dead dispatcher's message, hidden for now
     Sandbox(sandbox_id).update(
@@ -324,42 +369,44 @@ def test_recovery_gives_back_what_a_dead_dispatcher_left_running(world):
 
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.server) == ("queued", "local")
-    attrs = dispatcher.sqs.get_queue_attributes(
-        QueueUrl=dispatcher.server.queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
-    )["Attributes"]
-    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"  # a fresh wake-up, after any dead long poll
+    # A fresh wake-up, after any dead long poll.
+    assert queue_counts(dispatcher)["MessagesDelayed"] == 1
 
 
 def test_the_heartbeat_reports_what_the_dispatcher_holds(world):
-    runner = FakeRunner()
-    dispatcher = make(world, runner)
-    dispatcher.inflight["abc123"] = object()  # type: ignore[assignment]
+    dispatcher = make(world, FakeEngine())
+    dispatcher.hands.hold("abc123", "message-1", "receipt-1")
+    beat = int(DockerServer.get("local").beat or 0)
 
-    dispatcher._beat(images=True)
+    dispatcher.duties.beat(images=True)
 
     row = DockerServer.get("local")
     assert (row.running, row.slots, row.inflight, row.images) == (1, 2, ["abc123"], ["opendevelop/base:latest"])
     assert row.last_heartbeat is not None
+    assert (row.beat, row.instance) == (beat + 1, dispatcher.duties.instance)  # alive, and who it is
 
 
-def test_without_an_engine_the_heartbeat_goes_stale(world):
-    runner = FakeRunner()
-    runner.api.up = False
-    dispatcher = make(world, runner)
-    before = DockerServer.get("local").last_heartbeat
+def test_without_an_engine_the_dispatcher_keeps_beating_but_takes_no_new_work(world):
+    engine = FakeEngine()
+    engine.up = False
+    dispatcher = make(world, engine)
+    before = int(DockerServer.get("local").beat or 0)
 
-    dispatcher._beat()
+    dispatcher.duties.beat()
 
-    assert DockerServer.get("local").last_heartbeat == before
-    assert not dispatcher.engine_up.is_set()
+    row = DockerServer.get("local")
+    # Its running work must not be moved while it may still run; new work goes elsewhere.
+    assert int(row.beat) == before + 1
+    assert (row.engine_ok, row.engine_error) == (False, "the engine does not answer")
+    assert not dispatcher.flags.engine_up.is_set()
 
 
 def test_a_draining_dispatcher_learns_its_state_from_its_heartbeat(world):
     from chalicelib import admin
 
-    dispatcher = make(world, FakeRunner())
+    dispatcher = make(world, FakeEngine())
     admin.server_set_state("local", "draining")
 
-    dispatcher._beat()
+    dispatcher.duties.beat()
 
     assert dispatcher.server.state == "draining"  # its loop takes no new work while so

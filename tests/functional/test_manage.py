@@ -14,7 +14,7 @@ import pytest
 
 from chalicelib import aws
 from chalicelib.auth import password_matches, secret_digest
-from chalicelib.models import App, DockerServer, Image, User
+from chalicelib.models import App, DockerServer, Image, Sandbox, User
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -109,12 +109,13 @@ def test_the_same_commands_with_flags_and_values_apart(cli):
 
 
 def test_user_create_stores_a_salted_password_hash(cli):
-    assert cli("user-create --username=ada --email=ada@example.com --passwd=123").code == 0
+    password = "correct-horse-battery"  # not hex: it cannot turn up inside the hex salt or digest by chance
+    assert cli(f"user-create --username=ada --email=ada@example.com --passwd={password}").code == 0
 
     stored = User.get("ada").password_hash
-    assert "123" not in stored and stored.startswith("scrypt$")
-    assert password_matches("123", stored)
-    assert not password_matches("124", stored)
+    assert password not in stored and stored.startswith("scrypt$")
+    assert password_matches(password, stored)
+    assert not password_matches(password + "!", stored)
 
 
 def test_app_create_prints_the_id_and_secret_once_and_stores_only_a_digest(cli, settings, api_client):
@@ -240,6 +241,20 @@ def test_app_set_limits_lowers_an_apps_ceilings(cli, populated):
 
     assert run.code == 0
     assert App.get(populated["one"]).limits == {"timeout": 5.0, "memory_mb": 512}
+
+
+def test_server_delete_is_refused_while_work_runs_there(cli, populated, settings):
+    Sandbox(
+        "0123456789abcdef", app_id=populated["one"], image="base", docker_image="opendevelop/base", cmd=["true"]
+    ).save()
+    Sandbox("0123456789abcdef").update(actions=[Sandbox.status.set("running"), Sandbox.server.set("local")])
+
+    run = cli("server-delete --name=local")
+
+    assert run.code == 1
+    assert "0123456789abcdef" in run.err and "server-drain" in run.err
+    assert DockerServer.get("local").name == "local"  # nothing changed
+    assert len(queue_names(settings)) == 2
 
 
 def test_delete_commands(cli, populated, settings):

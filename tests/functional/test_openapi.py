@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
 import app as api
-from chalicelib import openapi, sandboxes
+from chalicelib import openapi, params, sandboxes
 from chalicelib.models import Sandbox, utcnow
 from chalicelib.validation import LIMIT_FIELDS, TEXT_FIELDS
 
@@ -129,11 +129,10 @@ def test_the_request_fields_are_the_ones_validation_takes(world):
 def test_the_limits_are_the_settings_defaults_minimums_and_ceilings(world):
     world.monkeypatch.setenv("OPENDEVELOP_MEMORY_MB_MAX", "512")
     world.monkeypatch.setenv("OPENDEVELOP_TIMEOUT_DEFAULT", "5")
-    world.reload_settings()
+    settings = world.reload_settings()
 
     doc = served(world)
 
-    settings = api.settings()
     for content_type in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
         fields = doc["paths"]["/api/sandboxes"]["post"]["requestBody"]["content"][content_type]["schema"]["properties"]
         for name in LIMIT_FIELDS:
@@ -211,4 +210,4 @@ def test_the_documented_query_parameters_are_taken(world):
         for path, item in served(world)["paths"].items()
         for method, op in item.items()
     }
-    assert {k: v for k, v in documented.items() if v} == {k: sorted(v) for k, v in openapi.QUERY.items()}
+    assert {k: v for k, v in documented.items() if v} == {k: sorted(v) for k, v in params.QUERY.items()}

@@ -26,10 +26,17 @@ def create(world) -> str:
     return response.json_body["id"]
 
 
-def server(world, name: str, alive: bool = True, state: str = "active", inflight=None) -> DockerServer:
+def server(
+    world, name: str, alive: bool = True, state: str = "active", inflight=None, instance: str = "i-1"
+) -> DockerServer:
     row = admin.server_create(world.settings, name, "unix:///var/run/docker.sock", replace=True)
-    beat = utcnow() if alive else utcnow() - timedelta(hours=1)
-    actions = [DockerServer.last_heartbeat.set(beat), DockerServer.state.set(state)]
+    actions = [
+        DockerServer.last_heartbeat.set(utcnow()),
+        DockerServer.beat.add(1),
+        DockerServer.state.set(state),
+        DockerServer.instance.set(instance),
+        DockerServer.dead.set(not alive),
+    ]
     if inflight is not None:
         actions.append(DockerServer.inflight.set(inflight))
     row.update(actions=actions)
@@ -37,20 +44,42 @@ def server(world, name: str, alive: bool = True, state: str = "active", inflight
 
 
 def kill(row: DockerServer) -> None:
-    """As if its dispatcher died: the heartbeat goes stale."""
-    row.update(actions=[DockerServer.last_heartbeat.set(utcnow() - timedelta(minutes=5))])
+    """As if its dispatcher died: the reconciler saw its beat five minutes ago (by its own clock), unchanged since."""
+    row.refresh()
+    row.update(
+        actions=[DockerServer.seen_beat.set(row.beat), DockerServer.seen_at.set(utcnow() - timedelta(minutes=5))]
+    )
 
 
 def wakeups(world, row: DockerServer) -> list[str]:
-    """The sandbox ids of the messages waiting on a server's queue (received, so they stay hidden)."""
+    """The sandbox ids of the messages waiting on a server's queue, taken off it."""
     ids = []
+    sqs = aws.sqs(world.settings)
     while True:
-        got = aws.sqs(world.settings).receive_message(
-            QueueUrl=row.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
-        )
+        got = sqs.receive_message(QueueUrl=row.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
         if not got.get("Messages"):
             return ids
         ids += [json.loads(m["Body"])["sandbox_id"] for m in got["Messages"]]
+        for m in got["Messages"]:
+            sqs.delete_message(QueueUrl=row.queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def run_as(sandbox_id: str, server_name: str, holder: str = "i-1", token: str = "t-1", network: bool = False) -> None:  # noqa: S107
+    Sandbox(sandbox_id).update(
+        actions=[
+            Sandbox.status.set("running"),
+            Sandbox.server.set(server_name),
+            Sandbox.attempts.set(1),
+            Sandbox.token.set(token),
+            Sandbox.holder.set(holder),
+            Sandbox.network.set(network),
+            Sandbox.started_at.set(utcnow()),
+        ]
+    )
+
+
+def suspected_long_ago(sandbox_id: str) -> None:
+    Sandbox(sandbox_id).update(actions=[Sandbox.suspect_at.set(utcnow() - timedelta(hours=1))])
 
 
 def run_on(sandbox_id: str, server_name: str, attempts: int = 1, started_ago_s: float = 1) -> None:
@@ -179,11 +208,13 @@ def test_a_sandbox_running_on_a_live_server_is_left_alone(world):
 def test_a_sandbox_its_live_dispatcher_no_longer_holds_is_given_back(world):
     sandbox_id = create(world)
     server(world, "local", inflight=["someotherid00000"])
-    run_on(sandbox_id, "local", started_ago_s=5)
+    run_as(sandbox_id, "local")
 
-    assert reconcile(world)["requeued"] == 0  # claimed just now: the next heartbeats will list it
+    assert reconcile(world)["requeued"] == 0  # noted, by the reconciler's clock: the next heartbeats may list it
+    assert Sandbox.get(sandbox_id).suspect_at is not None
+    assert reconcile(world)["requeued"] == 0  # not yet longer than any fence
 
-    run_on(sandbox_id, "local", started_ago_s=120)
+    suspected_long_ago(sandbox_id)
     assert reconcile(world)["requeued"] == 1
 
     row = Sandbox.get(sandbox_id)
@@ -196,6 +227,8 @@ def test_a_sandbox_whose_server_was_deleted_moves_on(world):
     spare = server(world, "spare")
     kill(world.server)  # spare is then the one ready server
 
+    assert reconcile(world)["requeued"] == 0  # nobody proves it stopped: waited for, by the reconciler's clock
+    suspected_long_ago(sandbox_id)
     assert reconcile(world)["requeued"] == 1
 
     assert Sandbox.get(sandbox_id).server == "spare"
@@ -209,14 +242,34 @@ def dead_letter(world, row: DockerServer, sandbox_id: str) -> None:
     aws.sqs(world.settings).send_message(QueueUrl=row.dlq_url, MessageBody=json.dumps({"sandbox_id": sandbox_id}))
 
 
-def test_a_poison_message_that_reached_the_dead_letter_queue_ends_its_sandbox_in_error(world):
-    sandbox_id = create(world)
+def dead_letter_by_receives(world, sandbox_id: str) -> None:
+    """Received MAX_RECEIVES times and never deleted (each time its handling failed): SQS moves it on."""
     sqs = aws.sqs(world.settings)
-    # Received MAX_RECEIVES times and never deleted (each time its handling failed): SQS moves it on.
     for _ in range(aws.MAX_RECEIVES):
         got = sqs.receive_message(QueueUrl=world.server.queue_url, WaitTimeSeconds=0, VisibilityTimeout=0)
-        assert len(got["Messages"]) == 1
+        assert [json.loads(m["Body"])["sandbox_id"] for m in got["Messages"]] == [sandbox_id]
     assert "Messages" not in sqs.receive_message(QueueUrl=world.server.queue_url, WaitTimeSeconds=0)
+
+
+def test_a_dead_letter_of_a_readable_queued_sandbox_wakes_it_again_outages_do_not_fail_work(world):
+    sandbox_id = create(world)
+    dead_letter_by_receives(world, sandbox_id)
+
+    report = reconcile(world)
+
+    assert (report["dead_lettered"], report["rewoken"]) == (0, 1)
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.dead_letters) == ("queued", 1)
+    assert wakeups(world, world.server) == [sandbox_id]
+
+
+def test_a_message_that_keeps_reaching_the_dead_letter_queue_ends_its_sandbox_in_error(world):
+    sandbox_id = create(world)
+    sqs = aws.sqs(world.settings)
+    for _ in range(CONFIG.max_attempts):  # woken again each time, and each time dead-lettered again
+        dead_letter_by_receives(world, sandbox_id)
+        assert reconcile(world)["rewoken"] == 1
+    dead_letter_by_receives(world, sandbox_id)
 
     assert reconcile(world)["dead_lettered"] == 1
 
@@ -237,6 +290,57 @@ def test_a_dead_letter_for_a_finished_sandbox_changes_nothing(world):
     assert "Messages" not in aws.sqs(world.settings).receive_message(QueueUrl=world.server.dlq_url)
 
 
+def test_a_sandbox_with_network_is_never_run_again_after_its_start(world):
+    sandbox_id = create(world)
+    run_as(sandbox_id, "local", network=True)
+    server(world, "spare")
+    kill(world.server)
+
+    report = reconcile(world)
+
+    assert (report["requeued"], report["failed"]) == (0, 1)
+    row = Sandbox.get(sandbox_id)
+    assert row.status == "error" and "network access" in row.error and "not run again" in row.error
+
+
+def test_a_sandbox_whose_dispatcher_was_replaced_is_given_back(world):
+    sandbox_id = create(world)
+    run_as(sandbox_id, "local", holder="i-old")
+    server(world, "local", instance="i-new", inflight=[])
+
+    assert reconcile(world)["requeued"] == 1
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.token, row.holder) == ("queued", None, None)
+
+
+def test_liveness_never_compares_the_dispatchers_clock_with_the_reconcilers(world):
+    sandbox_id = create(world)
+    run_as(sandbox_id, "local")
+    # The dispatcher's clock is an hour behind: its heartbeat time looks ancient, but its beat moves.
+    world.server.update(actions=[DockerServer.last_heartbeat.set(utcnow() - timedelta(hours=1))])
+    for _ in range(3):
+        world.server.update(actions=[DockerServer.beat.add(1), DockerServer.inflight.set([sandbox_id])])
+        assert reconcile(world)["requeued"] == 0
+    assert not DockerServer.get("local").dead
+
+    kill(world.server)  # now the beat stops (seen unchanged for five minutes by the reconciler)
+    assert reconcile(world)["requeued"] == 1  # dead by the reconciler's clock: its run is over, run it again
+    assert DockerServer.get("local").dead
+
+
+def test_a_backlog_costs_no_wake_ups_while_its_queue_holds_a_message_for_every_row(world):
+    ids = [create(world) for _ in range(5)]
+    for sandbox_id in ids:
+        Sandbox(sandbox_id).update(actions=[Sandbox.created_at.set(utcnow() - timedelta(seconds=61))])
+
+    assert reconcile(world)["rewoken"] == 0  # five rows, five messages: none is lost
+
+    assert sorted(wakeups(world, world.server)) == sorted(ids)  # all five messages are lost ...
+    sqs = aws.sqs(world.settings)
+    sqs.send_message(QueueUrl=world.server.queue_url, MessageBody=json.dumps({"sandbox_id": ids[0]}))  # ... one found
+    assert reconcile(world)["rewoken"] == 4  # only as many as the queue is short of
+
+
 def test_a_dead_letter_for_a_sandbox_a_live_dispatcher_holds_is_dropped(world):
     sandbox_id = create(world)
     run_on(sandbox_id, "local")
@@ -246,6 +350,26 @@ def test_a_dead_letter_for_a_sandbox_a_live_dispatcher_holds_is_dropped(world):
     assert reconcile(world)["dead_lettered"] == 0
 
     assert Sandbox.get(sandbox_id).status == "running"
+
+
+def test_a_malformed_row_is_skipped_and_logged_and_the_others_are_settled(world, caplog):
+    bad, good = create(world), create(world)
+    wakeups(world, world.server)
+    for sandbox_id in (bad, good):
+        Sandbox(sandbox_id).update(actions=[Sandbox.created_at.set(utcnow() - timedelta(seconds=61))])
+    table = f"{world.settings.table_prefix}-sandboxes"
+    Sandbox._get_connection().connection.client.update_item(
+        TableName=table,
+        Key={"sandbox_id": {"S": bad}},
+        UpdateExpression="SET attempts = :bad",  # a projected attribute of the wrong type
+        ExpressionAttributeValues={":bad": {"S": "three"}},
+    )
+
+    report = reconcile(world)
+
+    assert (report["rewoken"], report["errors"]) == (1, 1)
+    assert wakeups(world, world.server) == [good]
+    assert any("reconcile.bad_row" in r.message and bad in r.message for r in caplog.records)
 
 
 def test_a_row_too_malformed_to_load_can_still_be_marked_error(world):

@@ -366,7 +366,7 @@ def test_bootstrap_again_changes_nothing(world: SSHWorld, logs_of: list[Path]) -
 
 
 def test_an_upgrade_ships_the_new_code_and_restarts_the_dispatcher(world: SSHWorld, logs_of: list[Path]) -> None:
-    from chalicelib.hosts import SHIPPED
+    from infra.hosts import SHIPPED
 
     source = world.base / "newer-checkout"
     for entry in SHIPPED:
@@ -474,7 +474,7 @@ def test_ssh_overhead_per_run(world: SSHWorld, capsys: pytest.CaptureFixture[str
     (the engine hijacks it), prepared in advance by the warm pool; every other call
     reuses pooled channels.
     """
-    from dispatcher.remote import POOL_KEY, docker_api
+    from dispatcher.docker_ssh import POOL_KEY, docker_api
     from dispatcher.runner import Runner, RunSpec
 
     server = f"{world.over_ssh}m"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from chalicelib.errors import InvalidInput
-from chalicelib.hosts import Report, SSHTarget, manifest, read_env_file, render_env, shipped_files
 from chalicelib.settings import Settings
+from infra.hosts import Report, SSHTarget, manifest, read_env_file, render_env, shipped_files
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (ROOT / "infra" / "host" / "dispatcher.env.template").read_text()
@@ -73,6 +73,7 @@ def test_a_value_that_a_shell_would_interpret_is_refused():
 def test_the_manifest_changes_with_any_shipped_byte():
     files = shipped_files(ROOT)
     assert "dispatcher/__main__.py" in files and "infra/host/supervise.sh" in files
+    assert "requirements-dispatcher.txt" in files and not [n for n in files if n.startswith("infra/hosts/")]
     assert not [name for name in files if "__pycache__" in name]
     changed = {**files, "dispatcher/__main__.py": files["dispatcher/__main__.py"] + b"\n"}
     assert manifest(files) == manifest(dict(files)) != manifest(changed)

@@ -1,4 +1,8 @@
-"""The pool of spare containers, with a fake runner: what it keeps, hands out, replaces and removes."""
+"""The pool of spare containers, with fake make/remove and a fake clock: what it keeps, hands out, replaces, removes.
+
+Most tests drive the pool's work one step at a time (``tend()``) instead of
+its thread, so nothing waits on real time.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from dispatcher import pool as pool_module
-from dispatcher.pool import Pool, Shape
-from dispatcher.runner import RunSpec
+from dispatcher.container import Shape
+from dispatcher.pool import Pool
 
 
-class FakeRunner:
-    server = "test"
-
+class FakeMaker:
     def __init__(self) -> None:
         self.started: list[tuple[str, Shape]] = []
         self.removed: list[str] = []
@@ -35,8 +37,160 @@ class FakeRunner:
             self.removed.append(cid)
 
 
-def spec(image: str = "base:1", memory_mb: int = 256, network: bool = False) -> RunSpec:
-    return RunSpec("s1", image, ["true"], 10, memory_mb, 1.0, 64, 64, 1024, network=network)
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shape(image: str = "base:1", memory_mb: int = 256, network: bool = False) -> Shape:
+    return Shape(image, memory_mb, 1.0, 64, 64, network)
+
+
+def settle(pool: Pool, steps: int = 20) -> None:
+    """Let the pool do all it has to do now."""
+    for _ in range(steps):
+        if pool.tend() > 0:
+            return
+    raise AssertionError("the pool never rests")
+
+
+@pytest.fixture
+def maker() -> FakeMaker:
+    return FakeMaker()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def new_pool(maker: FakeMaker, clock: FakeClock, size: int) -> Pool:
+    p = Pool(maker.start_spare, maker.remove, size=size, clock=clock)
+    p.start(background=False)
+    return p
+
+
+@pytest.fixture
+def pool(maker: FakeMaker, clock: FakeClock):
+    p = new_pool(maker, clock, 2)
+    yield p
+    p.close()
+
+
+def test_the_first_run_of_a_shape_finds_no_spare_and_later_runs_do(pool, maker):
+    assert pool.take(shape()) is None
+    settle(pool)
+    assert pool.spares() == 2
+
+    first, second = pool.take(shape()), pool.take(shape())
+
+    assert {first, second} == {"c0", "c1"}
+    assert all(s == Shape("base:1", 256, 1.0, 64, 64) for _, s in maker.started)
+    settle(pool)
+    assert pool.spares() == 2  # each one taken is replaced
+    assert len(maker.started) == 4
+    assert maker.removed == []  # taken spares belong to their runs now
+
+
+def test_a_spare_is_never_handed_out_twice(pool):
+    pool.take(shape())
+    taken = []
+    for _ in range(30):
+        pool.tend()
+        taken.append(pool.take(shape()))
+    handed = [cid for cid in taken if cid is not None]
+    assert len(handed) == len(set(handed)) >= 2
+
+
+def test_a_spare_of_another_shape_is_not_handed_out(pool):
+    pool.take(shape(memory_mb=256))
+    settle(pool)
+
+    assert pool.take(shape(memory_mb=512)) is None
+    assert pool.take(shape(image="other:2")) is None
+
+
+def test_sandboxes_with_network_access_are_never_pooled(pool, maker):
+    assert pool.take(shape(network=True)) is None
+    settle(pool)
+    assert maker.started == []
+
+
+def test_only_the_most_recent_shapes_are_kept(pool, maker):
+    for memory in (128, 256, 512):
+        pool.take(shape(memory_mb=memory))
+        settle(pool)
+
+    oldest = {cid for cid, s in maker.started if s.memory_mb == 128}
+    assert len(oldest) == 2 and set(maker.removed) == oldest
+    assert pool.spares() == 2 * pool_module.SHAPES
+
+
+def test_idle_spares_are_replaced(pool, maker, clock):
+    pool.take(shape())
+    settle(pool)
+    assert pool.spares() == 2
+
+    clock.now += pool_module.IDLE_MAX_S + 1
+    settle(pool)
+
+    assert sorted(maker.removed) == ["c0", "c1"]
+    assert pool.spares() == 2
+    assert pool.take(shape()) not in ("c0", "c1")
+
+
+def test_pause_removes_the_spares_and_makes_none_until_resumed(pool, maker):
+    pool.take(shape())
+    settle(pool)
+
+    pool.pause()
+
+    assert sorted(maker.removed) == ["c0", "c1"]
+    assert pool.take(shape()) is None
+    settle(pool)
+    assert len(maker.started) == 2
+    pool.resume()
+    settle(pool)
+    assert pool.spares() == 2
+
+
+def test_close_removes_every_spare(maker, clock):
+    p = new_pool(maker, clock, 3)
+    p.take(shape())
+    settle(p)
+    assert p.spares() == 3
+
+    p.close()
+
+    assert sorted(maker.removed) == ["c0", "c1", "c2"]
+    assert p.spares() == 0
+
+
+def test_an_engine_that_fails_is_retried_with_backoff(maker, clock):
+    maker.fail = True
+    p = new_pool(maker, clock, 1)
+    assert p.take(shape()) is None
+    first = p.tend()
+    assert first > 0
+    maker.fail = False
+
+    assert p.tend() == pytest.approx(first)  # backing off: nothing is tried before its time
+    assert p.spares() == 0
+    clock.now += first
+    settle(p)
+
+    assert p.spares() == 1
+    p.close()
+
+
+def test_size_zero_is_off(maker, clock):
+    p = new_pool(maker, clock, 0)
+    assert p.take(shape()) is None
+    p.tend()
+    assert maker.started == []
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5) -> None:
@@ -46,124 +200,13 @@ def eventually(check: Callable[[], bool], timeout: float = 5) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
-
-
-@pytest.fixture
-def pool(runner: FakeRunner):
-    p = Pool(runner, size=2)  # type: ignore[arg-type]
-    p.start()
-    yield p
-    p.close()
-
-
-def test_the_first_run_of_a_shape_finds_no_spare_and_later_runs_do(pool, runner):
-    assert pool.take(spec()) is None
-    eventually(lambda: pool.spares() == 2)
-
-    first, second = pool.take(spec()), pool.take(spec())
-
-    assert {first, second} == {"c0", "c1"}
-    assert all(shape == Shape("base:1", 256, 1.0, 64, 64) for _, shape in runner.started)
-    eventually(lambda: pool.spares() == 2)  # each one taken is replaced
-    assert len(runner.started) == 4
-    assert runner.removed == []  # taken spares belong to their runs now
-
-
-def test_a_spare_is_never_handed_out_twice(pool):
-    pool.take(spec())
-    eventually(lambda: pool.spares() == 2)
-    taken = [pool.take(spec()) for _ in range(30)]
-    handed = [cid for cid in taken if cid is not None]
-    assert len(handed) == len(set(handed)) >= 2
-
-
-def test_a_spare_of_another_shape_is_not_handed_out(pool):
-    pool.take(spec(memory_mb=256))
-    eventually(lambda: pool.spares() == 2)
-
-    assert pool.take(spec(memory_mb=512)) is None
-    assert pool.take(spec(image="other:2")) is None
-
-
-def test_sandboxes_with_network_access_are_never_pooled(pool, runner):
-    assert pool.take(spec(network=True)) is None
-    time.sleep(0.2)
-    assert runner.started == []
-
-
-def test_only_the_most_recent_shapes_are_kept(pool, runner):
-    for memory in (128, 256, 512):
-        pool.take(spec(memory_mb=memory))
-        eventually(lambda: pool.spares() >= 2)
-    eventually(lambda: len(runner.removed) == 2)
-
-    oldest = {cid for cid, shape in runner.started if shape.memory_mb == 128}
-    assert set(runner.removed) == oldest
-    eventually(lambda: pool.spares() == 2 * pool_module.SHAPES)
-
-
-def test_idle_spares_are_replaced(runner, monkeypatch):
-    monkeypatch.setattr(pool_module, "IDLE_MAX_S", 0.2)
-    p = Pool(runner, size=1)  # type: ignore[arg-type]
+def test_its_thread_fills_the_pool_and_close_stops_it(maker):
+    p = Pool(maker.start_spare, maker.remove, size=2)
     p.start()
     try:
-        p.take(spec())
-        eventually(lambda: p.spares() == 1)
-        p._wake.set()
-        time.sleep(0.3)
-        p._wake.set()
-        eventually(lambda: "c0" in runner.removed)
-        eventually(lambda: p.spares() == 1)
-        assert p.take(spec()) != "c0"
+        assert p.take(shape()) is None  # wakes the thread
+        eventually(lambda: p.spares() == 2)
     finally:
         p.close()
-
-
-def test_pause_removes_the_spares_and_makes_none_until_resumed(pool, runner):
-    pool.take(spec())
-    eventually(lambda: pool.spares() == 2)
-
-    pool.pause()
-
-    assert sorted(runner.removed) == ["c0", "c1"]
-    assert pool.take(spec()) is None
-    time.sleep(0.2)
-    assert len(runner.started) == 2
-    pool.resume()
-    eventually(lambda: pool.spares() == 2)
-
-
-def test_close_removes_every_spare(runner):
-    p = Pool(runner, size=3)  # type: ignore[arg-type]
-    p.start()
-    p.take(spec())
-    eventually(lambda: p.spares() == 3)
-
-    p.close()
-
-    assert sorted(runner.removed) == ["c0", "c1", "c2"]
-    assert p.spares() == 0
-
-
-def test_an_engine_that_fails_is_retried_with_backoff(runner):
-    runner.fail = True
-    p = Pool(runner, size=1)  # type: ignore[arg-type]
-    p.start()
-    try:
-        assert p.take(spec()) is None
-        time.sleep(0.6)
-        runner.fail = False
-        eventually(lambda: p.spares() == 1, timeout=10)
-    finally:
-        p.close()
-
-
-def test_size_zero_is_off(runner):
-    p = Pool(runner, size=0)  # type: ignore[arg-type]
-    p.start()
-    assert p.take(spec()) is None
-    time.sleep(0.1)
-    assert runner.started == []
+    assert sorted(maker.removed) == ["c0", "c1"]
+    assert p._thread is not None and not p._thread.is_alive()

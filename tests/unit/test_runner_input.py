@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
-from dispatcher.runner import PROLOGUE, RunSpec, stdin_for
+from dispatcher.attach import stdin_for
+from dispatcher.container import PROLOGUE
+from dispatcher.engine import RunSpec
 
 
 def spec(cmd: list[str], env: dict[str, str] | None = None, files_bytes: int = 0) -> RunSpec:

@@ -7,26 +7,27 @@ The template is built once per module, without any AWS account (no credentials
 in the environment), then read like an operator reviewing it would: lint clean,
 uploads treated as binary, the tables exactly as ``chalicelib/models.py``
 declares them, a private bucket, and policies that grant what each component
-does and no more.  The settings the deployed functions get from it (the HMAC key
-from Secrets Manager, the rows' retention) are checked against moto.
+does and no more.  The Lambda bundle (``deployment.zip``) carries the API's code
+and its runtime packages only: no dispatcher, no SSH bootstrap, no paramiko or
+docker.  A real ``chalice package`` takes about half a minute, hence
+integration; what the deployed functions make of the template's settings is
+checked fast, against moto, in ``tests/functional/test_deployed_settings.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-from datetime import timedelta
+import zipfile
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
-from moto import mock_aws
 
 from chalicelib import models
-from chalicelib.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,19 @@ def resources_of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str
 
 def test_the_package_is_the_lambda_bundle_and_one_template(package: Path) -> None:
     assert sorted(p.name for p in package.iterdir()) == ["deployment.zip", "sam.yaml"]
+
+
+def test_the_lambda_bundle_carries_only_what_the_handlers_import(package: Path) -> None:
+    """requirements.txt is the API's runtime alone; the dispatcher's and the admin tooling's stay out."""
+    with zipfile.ZipFile(package / "deployment.zip") as bundle:
+        names = bundle.namelist()
+    tops = {name.split("/", 1)[0] for name in names}
+    assert {"app.py", "chalicelib", "boto3", "botocore", "pynamodb", "multipart.py"} <= tops, sorted(tops)
+    # The dispatcher and the SSH bootstrap, and paramiko's and docker's packages (dist-info too).
+    absent = {"dispatcher", "infra", "paramiko", "docker", "invoke", "nacl", "pynacl", "bcrypt"}
+    assert not [top for top in tops if top.split("-", 1)[0].lower() in absent], sorted(tops)
+    hosts = [n for n in names if re.search(r"(^|/)hosts(\.py|/)", n)]
+    assert not hosts, hosts
 
 
 def test_cfn_lint_finds_nothing_in_the_packaged_template(package: Path) -> None:
@@ -239,51 +253,3 @@ def test_the_hmac_key_is_generated_by_secrets_manager_and_kept(template: dict[st
     secret = template["Resources"]["HmacKeySecret"]
     assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
     assert secret["DeletionPolicy"] == "Retain"  # losing it would invalidate every app's secret
-
-
-# What the deployed functions make of that environment
-
-
-@pytest.fixture
-def aws_env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "OPENDEVELOP_STAGE": "prod",
-        "OPENDEVELOP_AWS_ENDPOINT_URL": "none",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }
-
-
-def test_the_api_reads_the_hmac_key_from_the_generated_secret(aws_env: dict[str, str]) -> None:
-    with mock_aws():
-        key = "k" * 20 + "generated-by-secrets-manager-0123456789"
-        arn = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
-            Name="opendevelop-prod/hmac-key", SecretString=key
-        )["ARN"]
-
-        settings = Settings.from_env({**aws_env, "OPENDEVELOP_HMAC_KEY_SECRET": arn})
-
-    assert settings.hmac_key == key.encode()
-
-
-def test_a_missing_secret_stops_the_start_naming_the_variable(aws_env: dict[str, str]) -> None:
-    with mock_aws(), pytest.raises(SettingsError, match="^OPENDEVELOP_HMAC_KEY_SECRET: cannot read secret"):
-        Settings.from_env({**aws_env, "OPENDEVELOP_HMAC_KEY_SECRET": "opendevelop-prod/nothing-here"})
-
-
-def test_the_dispatcher_needs_no_hmac_key(aws_env: dict[str, str]) -> None:
-    with pytest.raises(SettingsError, match="^OPENDEVELOP_HMAC_KEY: required"):
-        Settings.from_env(aws_env)
-    assert Settings.from_env(aws_env, require_hmac_key=False).hmac_key == b""
-
-
-def test_a_new_sandbox_expires_after_the_retention_days(aws_env: dict[str, str]) -> None:
-    settings = Settings.from_env({**aws_env, "OPENDEVELOP_RETENTION_DAYS": "7"}, require_hmac_key=False)
-    models.configure(settings)
-    try:
-        sandbox = models.Sandbox("ab" * 8, app_id="app", image="base", docker_image="x", cmd=["true"])
-        assert sandbox.expires_at is not None
-        assert abs(sandbox.expires_at - (models.utcnow() + timedelta(days=7))) < timedelta(seconds=5)
-    finally:
-        models.configure(Settings.from_env(aws_env, require_hmac_key=False))  # back to the default 30 days

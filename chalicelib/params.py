@@ -1,0 +1,95 @@
+"""The query parameters each call takes: one table, holding each one's parser and documentation.
+
+``check`` refuses a parameter the call does not take (before anything else
+happens, as unknown form fields are refused: a typo such as ``?wiat=20`` is a
+clear 400, not a silently different request); ``parse`` turns the ones it
+takes into values; ``chalicelib.openapi`` documents them from the same table,
+so what is documented, what is taken and how it is read cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.errors import InvalidInput
+
+MAX_WAIT_S = 20
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+def parse_wait(raw: str | None) -> float:
+    """``?wait=N``: hold the request until the sandbox is settled or N seconds (at most 20) pass."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput("wait", f"{raw!r} is not a number of seconds") from None
+    if math.isnan(value) or not 0 <= value <= MAX_WAIT_S:
+        raise InvalidInput("wait", f"must be between 0 and {MAX_WAIT_S} seconds")
+    return value
+
+
+def parse_limit(raw: str | None) -> int:
+    """``?limit=N``: the page size."""
+    if raw is None:
+        return DEFAULT_PAGE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("limit", f"{raw!r} is not a whole number") from None
+    if not 1 <= value <= MAX_PAGE:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}")
+    return value
+
+
+def parse_cursor(raw: str | None) -> str | None:
+    """``?cursor=...``: opaque here; ``sandboxes.list_page`` decodes it, knowing whose it must be."""
+    return raw or None  # an empty cursor is the first page
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter: how it is read, and how it is documented (a JSON schema and a sentence)."""
+
+    parse: Callable[[str | None], Any]
+    schema: dict[str, Any]
+    description: str
+
+
+# (route, method) -> the parameters it takes.  Routes are Chalice's, with their {placeholders}.
+QUERY: dict[tuple[str, str], dict[str, Param]] = {
+    ("/api/sandboxes", "GET"): {
+        "limit": Param(
+            parse_limit, {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size."
+        ),
+        "cursor": Param(parse_cursor, {"type": "string"}, "The `next` of the previous page."),
+    },
+    ("/api/sandboxes/{sandbox_id}", "GET"): {
+        "wait": Param(
+            parse_wait,
+            {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+            "Hold the request until the sandbox has finished or this many seconds pass.",
+        ),
+    },
+}
+
+
+def check(route: str, method: str, query: Mapping[str, str] | None) -> None:
+    """Refuse a query parameter the call does not take, naming it."""
+    known = QUERY.get((route, method.upper()), {})
+    for name in query or {}:
+        if name not in known:
+            hint = f"; known: {', '.join(known)}" if known else "; this call takes none"
+            raise InvalidInput(name[:64], f"unknown query parameter{hint}")
+
+
+def parse(route: str, method: str, query: Mapping[str, str] | None) -> dict[str, Any]:
+    """Every parameter the call takes, read (an absent one as its default); ``InvalidInput`` names a bad one."""
+    check(route, method, query)
+    given = query or {}
+    return {name: param.parse(given.get(name)) for name, param in QUERY.get((route, method.upper()), {}).items()}

@@ -1,0 +1,93 @@
+"""A run's conversation with its container: what goes in on stdin, what comes back on the attach stream.
+
+Everything a run needs arrives on the container's stdin, without any host
+path: a header line, the command (with the sandbox's environment as
+``export`` lines), the tar the API stored, then the program's own stdin.  The
+container's prologue (``container.PROLOGUE``) reads exactly the header's byte
+counts, unpacks the tar and ``exec``-s the command, which inherits the rest as
+its stdin.  That works the same for a local engine and an ``ssh://`` one.
+
+Output is read from the attach stream as it comes, kept up to the cap per
+stream and counted beyond it, so a flood costs the dispatcher a fixed buffer.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import struct
+from typing import Any
+
+from dispatcher.engine import RunSpec
+
+READ_CHUNK = 64 * 1024
+
+
+def stdin_for(spec: RunSpec, payload: bytes) -> bytes:
+    """What the prologue reads: the header, the command (environment first), then the tar and stdin."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
+    script = (exports + " && ".join(spec.cmd)).encode()
+    return f"{spec.files_bytes} {len(script)}\n".encode() + script + payload
+
+
+def send_input(raw: Any, payload: bytes) -> None:
+    """Write the tar and stdin, then close our writing side so the program sees EOF."""
+    try:
+        if payload:
+            raw.sendall(payload)
+    except OSError:
+        pass  # the program exited without reading everything: that is its business
+    finally:
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class Capture:
+    """Keeps up to ``cap`` bytes per stream; ``logs`` interleaves exactly the kept parts."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = {1: bytearray(), 2: bytearray()}
+        self.logs = bytearray()
+        self.truncated = False
+
+    def add(self, stream: int, data: bytes) -> None:
+        buf = self.kept.get(stream)
+        if buf is None:
+            return
+        room = self.cap - len(buf)
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        buf += data
+        self.logs += data
+
+
+def demux(raw: Any, capture: Capture) -> None:
+    """Read Docker's multiplexed attach stream to its end, frame by frame, in bounded memory."""
+    header = b""
+    stream, remaining = 0, 0
+    while True:
+        chunk = raw.recv(READ_CHUNK)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            if remaining == 0:
+                need = 8 - len(header)
+                header += view[:need].tobytes()
+                view = view[need:]
+                if len(header) < 8:
+                    break
+                stream, remaining = struct.unpack(">BxxxL", header)
+                header = b""
+                continue
+            take = view[:remaining]
+            capture.add(stream, take.tobytes())
+            remaining -= len(take)
+            view = view[len(take) :]

@@ -1,0 +1,109 @@
+"""What the dispatcher needs of a container engine, and the types that cross that line.
+
+The worker sees the engine only through ``Engine``: it never learns Docker's
+API, its exit codes or its transport errors.  ``dispatcher.runner.Runner`` is
+the Docker implementation; the functional tests implement it in a few lines.
+Errors cross as ``PlatformError`` and its kinds, raised ``from`` the engine's
+own, so the dispatcher can tell the engine's faults from a run's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dispatcher.container import Shape
+
+
+class PlatformError(Exception):
+    """The platform (not the user's program) failed; ``transient`` says whether a retry may help."""
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class EngineUnavailable(PlatformError):
+    """The engine could not be reached: not the sandbox's fault, and no work should be taken until it answers."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    sandbox_id: str
+    docker_image: str
+    cmd: list[str]
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    disk_mb: int
+    output_bytes: int
+    files_bytes: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.docker_image, self.memory_mb, self.cpus, self.pids, self.disk_mb, self.network)
+
+
+@dataclass
+class RunResult:
+    return_code: int
+    stdout: bytes
+    stderr: bytes
+    logs: bytes
+    timed_out: bool
+    oom_killed: bool
+    output_truncated: bool
+    duration_s: float
+    container_id: str = ""  # kept until ``Engine.release``: removing it is not on the client's path
+    # Who stopped the container from outside the dispatcher (the engine shutting down, an
+    # operator); "" when nobody did.  Such an exit is the platform's doing, never a result.
+    stopped_by: str = ""
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container of this server the engine still has: left by a dead dispatcher, an engine restart, or a run."""
+
+    container_id: str
+    sandbox_id: str  # "" for a spare nobody took
+    running: bool = False  # still running (else exited, or never started)
+    exit_code: int | None = None  # when it exited
+
+
+class Engine(Protocol):
+    """One container engine, as the dispatcher drives it.  Thread-safe: one ``run`` per slot."""
+
+    def start(self) -> None:
+        """Begin background work (spare containers)."""
+
+    def close(self) -> None:
+        """End background work and remove what it made."""
+
+    def pause(self) -> None:
+        """The engine went away: drop what was made ahead, make nothing until ``resume``."""
+
+    def resume(self) -> None: ...
+
+    def healthy(self) -> bool:
+        """Whether the engine answers now."""
+
+    def images(self) -> list[str]:
+        """The image references the engine holds."""
+
+    def run(self, spec: RunSpec, payload: bytes) -> RunResult:
+        """Run to the end or the timeout; raises ``PlatformError`` (or a kind of it) when the platform failed.
+
+        The container is kept for ``release(result.container_id)``; on any failure it is removed here.
+        """
+
+    def release(self, container_id: str) -> None:
+        """Remove a container; never raises."""
+
+    def kill(self, sandbox_id: str) -> None:
+        """Kill the sandbox's container, if it has one; its ``run`` then returns."""
+
+    def leftovers(self) -> list[Leftover]:
+        """Containers of this server other than spares in use here."""

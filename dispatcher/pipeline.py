@@ -1,0 +1,322 @@
+"""One sandbox: claim -> run -> record, then its message settled.
+
+The claim is a conditional write (``queued`` on this server -> ``running``)
+that returns the run's token; the token stays in the ``Job``, and the result,
+a give-back or a failure are written only while the row still holds it
+(``lifecycle.running_as``), so a cancelled or handed-over run can never write
+over its successor.  The container is removed only after the result is
+written: removing it is not on the path to the client seeing it.
+
+A result too large for the row (``ROW_OUTPUT_BUDGET``) goes to S3 and the row
+keeps its key.  A transient DynamoDB or S3 failure is retried in place (see
+``retry``); a failure of the run is classified and settled (see ``outcome``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+
+from chalicelib import aws, lifecycle
+from chalicelib.errors import Unavailable
+from chalicelib.logs import log, log_exception
+from chalicelib.models import Sandbox
+from chalicelib.settings import Settings
+from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
+from dispatcher.inbox import Inbox
+from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
+from dispatcher.retry import Retry, transient
+from dispatcher.settings import DispatcherSettings
+from dispatcher.spool import Spool
+from dispatcher.state import Flags, Job
+
+logger = logging.getLogger("opendevelop.dispatcher")
+
+# Output larger than this (stdout + stderr + logs, encoded) goes to S3 instead of the row,
+# keeping rows far from DynamoDB's 400 KB item limit.
+ROW_OUTPUT_BUDGET = 240 * 1024
+ORPHANED = "the dispatcher lost track of the sandbox while it ran"
+
+
+@dataclass(frozen=True)
+class Claim:
+    sandbox: Sandbox
+    token: str  # the run's fence
+    orphan: bool = False  # running here, but no slot of this dispatcher holds it (a failed settle left it)
+
+
+def spec_of(sandbox: Sandbox) -> RunSpec:
+    """The run a stored row asks for; a row that does not make one is final (``PlatformError``)."""
+    limits = sandbox.limits or {}
+    try:
+        return RunSpec(
+            sandbox_id=sandbox.sandbox_id,
+            docker_image=sandbox.docker_image,
+            cmd=[str(line) for line in sandbox.cmd],
+            timeout_s=float(limits.get("timeout", 10)),
+            memory_mb=int(limits.get("memory_mb", 256)),
+            cpus=float(limits.get("cpus", 1)),
+            pids=int(limits.get("pids", 128)),
+            disk_mb=int(limits.get("disk_mb", 64)),
+            output_bytes=int(limits.get("output_kb", 64)) * 1024,
+            files_bytes=int(sandbox.files_bytes or 0),
+            env=dict(sandbox.env or {}),
+            network=bool(sandbox.network),
+        )
+    except (TypeError, ValueError, AttributeError) as e:
+        raise PlatformError(f"the sandbox's stored request is malformed: {e}", transient=False) from e
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        config: DispatcherSettings,
+        server: str,
+        holder: str,
+        engine: Engine,
+        inbox: Inbox,
+        flags: Flags,
+        retry: Retry,
+        spool: Spool,
+    ) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.config = config
+        self.server = server
+        self.holder = holder
+        self.engine = engine
+        self.inbox = inbox
+        self.flags = flags
+        self.retry = retry
+        self.runs = 0
+
+    def handle(self, job: Job, receives: int) -> None:
+        """The job from its claim until its message is deleted or left to come back."""
+        if self.flags.fenced.is_set():
+            self.inbox.retry_soon(job, 0)  # the lease is lost: claim nothing until a heartbeat gets through
+            return
+        try:
+            claim = self.retry("claiming", lambda: self.claim(job.sandbox_id), sandbox_id=job.sandbox_id)
+        except Exception as e:  # noqa: BLE001 - the row cannot be read or written: the message comes back later
+            log(
+                logger,
+                "sandbox.claim_failed",
+                logging.ERROR,
+                sandbox_id=job.sandbox_id,
+                server=self.server,
+                receives=receives,
+                error=f"{type(e).__name__}: {e}"[:500],
+            )
+            if transient(e):
+                # An outage, not the sandbox's fault: a fresh message (receive count 0) after a backoff,
+                # so an outage of any length never adds up to a dead letter.
+                self.inbox.fresh_wakeup(job, delay_s=self.inbox.backoff_s(receives))
+            else:
+                self.inbox.retry_soon(job, receives)  # a row this code cannot read: on to the dead letters
+            return
+        if claim is None:
+            self.inbox.delete(job.receipt)
+            return
+        if claim.orphan:
+            self._settle_orphan(claim.sandbox, job)
+            return
+        job.token = claim.token
+        try:
+            self.run(claim.sandbox, job)
+        except Exception as e:  # noqa: BLE001 - every failure is classified and settled
+            self._failed(claim.sandbox, job, e, receives)
+            return
+        self.inbox.delete(job.receipt)
+
+    def claim(self, sandbox_id: str) -> Claim | None:
+        """queued -> running on this server, or an orphan to settle; None when there is nothing to do.
+
+        The row is read before it is written: a row this dispatcher cannot read (a
+        newer or broken writer made it) must fail every delivery untouched, so it
+        ends in the dead-letter queue rather than ``running`` here."""
+        try:
+            sandbox = Sandbox.get(sandbox_id, consistent_read=True)
+        except DoesNotExist:
+            log(logger, "sandbox.missing", logging.WARNING, sandbox_id=sandbox_id, server=self.server)
+            return None
+        if sandbox.status == "running" and sandbox.server == self.server:
+            return Claim(sandbox, sandbox.token or "", orphan=True)  # the caller made sure no slot holds it
+        if sandbox.status == "queued" and sandbox.server == self.server and sandbox.network and sandbox.attempts:
+            # Started once already (and given back): its effects may have happened, so it is not run again.
+            reason = "interrupted after it started; a sandbox with network access is never run twice"
+            if lifecycle.fail(sandbox_id, lifecycle.queued_on(self.server), reason):
+                log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, reason=reason)
+            return None
+        if sandbox.status != "queued" or sandbox.server != self.server:
+            log(
+                logger,
+                "sandbox.duplicate_message",
+                sandbox_id=sandbox_id,
+                status=sandbox.status,
+                server=self.server,
+                owner=sandbox.server,
+            )
+            return None
+        # Conditional on this server: a sandbox the reconciler moved to another server is that one's now.
+        token = lifecycle.claim(sandbox, self.server, self.holder)
+        if token is None:
+            return None
+        log(
+            logger,
+            "sandbox.claimed",
+            sandbox_id=sandbox_id,
+            server=self.server,
+            app_id=sandbox.app_id,
+            attempt=int(sandbox.attempts),
+        )
+        return Claim(sandbox, token)
+
+    def run(self, sandbox: Sandbox, job: Job) -> None:
+        """Run the claimed sandbox and record its result; raises what the run failed with."""
+        spec = spec_of(sandbox)
+        payload = self._payload(sandbox)
+        if self.flags.cold.is_set():
+            raise Abort("the dispatcher was stopped before the sandbox started", started=False)
+        if self.flags.fenced.is_set() or job.aborted:
+            raise Abort(job.aborted or "the lease was lost before the sandbox started", started=False)
+        result = self.engine.run(spec, payload)
+        try:
+            if job.aborted:
+                raise Abort(job.aborted)
+            if job.cancelled:
+                log(logger, "sandbox.cancel_killed", sandbox_id=sandbox.sandbox_id, server=self.server)
+                return  # the row already says cancelled; the write below would be refused anyway
+            if result.stopped_by:
+                if self.engine.healthy():
+                    # The engine answers: an operator (or another program) stopped it. That is final.
+                    raise PlatformError(f"stopped outside the platform ({result.stopped_by})", transient=False)
+                raise EngineStopped(f"the container was stopped by its engine ({result.stopped_by})")
+            # Finished: the result is kept on this host before anything else, and never thrown away
+            # for a re-run; it is recorded however long AWS takes to answer.
+            self.spool.keep(sandbox.sandbox_id, job.token, result)
+            self.record(sandbox, job.token, result, forever=True)
+            self.spool.drop(sandbox.sandbox_id, job.token)
+        finally:
+            if result.container_id:
+                self.engine.release(result.container_id)
+
+    def _payload(self, sandbox: Sandbox) -> bytes:
+        """The tar (+ stdin) the API stored: in the row when small, in S3 when not."""
+        if not sandbox.files_key:
+            return bytes(sandbox.files_inline or b"")
+        key = sandbox.files_key
+        try:
+            return self.retry(
+                "reading files", lambda: aws.get_object(self.settings, key), sandbox_id=sandbox.sandbox_id
+            )
+        except Unavailable as e:
+            missing = e.__cause__ is not None and aws.is_missing(e.__cause__)
+            raise PlatformError(f"reading the sandbox's files: {e}", transient=not missing) from e
+
+    def record(self, sandbox: Sandbox, token: str, result: RunResult, forever: bool = False) -> bool:
+        """running (this run) -> terminated with the result; False when the run was settled elsewhere.
+
+        ``forever``: the result is spooled, so a transient failure (S3 or DynamoDB) is retried until
+        it goes through or the dispatcher stops (the next one records it from the spool).
+        """
+        sandbox_id = sandbox.sandbox_id
+        while True:
+            try:
+                actions = self._result(sandbox_id, result)
+                # The result is real: keep trying to write it through a DynamoDB outage.
+                won = self.retry(
+                    "recording the result",
+                    lambda actions=actions: lifecycle.record(sandbox_id, token, actions),  # type: ignore[misc]
+                    sandbox_id=sandbox_id,
+                )
+                break
+            except (PynamoDBException, PlatformError, Unavailable) as e:
+                if not forever or not transient(e) or self.flags.cold.is_set():
+                    raise PlatformError(f"recording the result: {e}") from e
+                log(logger, "record.waiting", logging.WARNING, sandbox_id=sandbox_id, error=str(e)[:300])
+                self.flags.cold.wait(self.inbox.backoff_s(3))
+        if not won:
+            # Cancelled, or settled by the reconciler while we could not heartbeat.
+            log(logger, "sandbox.settled_elsewhere", logging.WARNING, sandbox_id=sandbox.sandbox_id)
+            return False
+        self.runs += 1
+        log(
+            logger,
+            "sandbox.terminated",
+            sandbox_id=sandbox.sandbox_id,
+            server=self.server,
+            app_id=sandbox.app_id,
+            return_code=result.return_code,
+            timed_out=result.timed_out,
+            oom_killed=result.oom_killed,
+            stdout_bytes=len(result.stdout),
+            stderr_bytes=len(result.stderr),
+            duration_ms=int(result.duration_s * 1000),
+        )
+        return True
+
+    def _result(self, sandbox_id: str, result: RunResult) -> list[Action]:
+        """The row's result attributes; the output goes to S3 when it is too large for the row."""
+        stdout, stderr, logs = _text(result.stdout), _text(result.stderr), _text(result.logs)
+        output_key = None
+        if len(stdout.encode()) + len(stderr.encode()) + len(logs.encode()) > ROW_OUTPUT_BUDGET:
+            output_key = f"sandboxes/{sandbox_id}/output.json"
+            body = json.dumps({"stdout": stdout, "stderr": stderr, "logs": logs}).encode()
+            key = output_key
+            try:
+                self.retry("storing output", lambda: aws.put_object(self.settings, key, body), sandbox_id=sandbox_id)
+            except Unavailable as e:
+                raise PlatformError(f"storing the output: {e}") from e  # transient: retried by ``record``
+            stdout = stderr = logs = ""
+        actions: list[Action] = [
+            Sandbox.return_code.set(result.return_code),
+            Sandbox.timed_out.set(result.timed_out),
+            Sandbox.oom_killed.set(result.oom_killed),
+            Sandbox.output_truncated.set(result.output_truncated),
+            Sandbox.files_inline.remove(),  # done with: keeps finished rows (and list pages) small
+            Sandbox.logs.set(logs) if not output_key else Sandbox.logs.remove(),
+            Sandbox.output_key.set(output_key) if output_key else Sandbox.output_key.remove(),
+        ]
+        for attribute, value in ((Sandbox.stdout, stdout), (Sandbox.stderr, stderr)):
+            actions.append(attribute.set(value) if value else attribute.remove())
+        return actions
+
+    # After a failure
+
+    def _failed(self, sandbox: Sandbox, job: Job, e: Exception, receives: int) -> None:
+        failure = classify(e, self.engine.healthy, network=bool(sandbox.network))
+        if not failure.expected:
+            log_exception(logger, "dispatcher.unexpected_error", e, sandbox_id=sandbox.sandbox_id, server=self.server)
+        if failure.engine:
+            self.flags.engine_up.clear()  # take no work until the engine answers
+        settled = self._settle(sandbox, lifecycle.running_as(job.token), failure)
+        if settled in (Settled.ERROR, Settled.GONE):
+            self.inbox.delete(job.receipt)
+        elif settled is Settled.QUEUED and failure.counted:
+            self.inbox.retry_soon(job, int(sandbox.attempts or 0))  # it shows again after a backoff
+        elif settled is Settled.QUEUED:
+            # Not the sandbox's fault: a fresh wake-up, so these receives never add up to a dead letter.
+            self.inbox.fresh_wakeup(job, delay_s=0 if self.flags.engine_up.is_set() else 1)
+        else:
+            self.inbox.retry_soon(job, receives)  # the row could not be written: recovery settles it later
+
+    def _settle_orphan(self, sandbox: Sandbox, job: Job) -> None:
+        # The row as just read (consistently): by its token, or by its server when it predates tokens.
+        settled = self._settle(sandbox, lifecycle.leaving_run(sandbox), Failure(ORPHANED))
+        if settled is Settled.QUEUED:
+            self.inbox.retry_soon(job, 0)  # the same message wakes it again
+        elif settled in (Settled.ERROR, Settled.GONE):
+            self.inbox.delete(job.receipt)
+
+    def _settle(self, sandbox: Sandbox, leaving: Condition, failure: Failure) -> Settled:
+        return settle(sandbox, leaving, failure, self.config.max_attempts, self.retry, self.server)
