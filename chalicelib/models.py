@@ -163,6 +163,7 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
                 "holder",
                 "network",
                 "suspect_at",
+                "limits",
             ]
         )
 

@@ -53,6 +53,7 @@ from chalicelib.settings import Settings, SettingsError, env_float, env_int
 
 logger = logging.getLogger("opendevelop.reconciler")
 
+WATCHDOG_GRACE_S = 2.0  # dispatcher/watchdog.py kills a container 1.5 s past its timeout, ticking every 0.5 s
 DLQ_BATCHES = 10  # at most 100 dead letters per server per pass; the rest wait for the next one
 
 
@@ -256,21 +257,24 @@ def _dead_letter(
         log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, server=server.name, reason=reason)
 
 
-def _orphaned(row: Sandbox, servers: dict[str, DockerServer]) -> tuple[str, bool]:
-    """Why nobody runs this ``running`` row any more (empty when its dispatcher still does), and
-    whether its run is known to be over (else it is waited for, longer than any fence)."""
+def _orphaned(row: Sandbox, servers: dict[str, DockerServer], ttl_s: float) -> tuple[str, float]:
+    """Why nobody runs this ``running`` row any more (empty when its dispatcher still does), and how
+    long, by this clock from when the reconciler first saw it so, to wait until its run is surely over."""
     server = servers.get(row.server or "")
+    # Its deadline: past it the host's watchdog has killed the container, dispatcher or not.
+    deadline = float((row.limits or {}).get("timeout") or 0) + WATCHDOG_GRACE_S + 1
     if server is None:
-        return f"server {row.server} was removed while the sandbox ran", False
+        return f"server {row.server} was removed while the sandbox ran", ttl_s + deadline
     if not is_alive(server):
-        # Dead by this clock for longer than its fence: its dispatcher has killed what it ran.
-        return f"server {server.name} stopped heartbeating while the sandbox ran", True
+        # Dead by this clock for longer than its fence; a dispatcher that died outright fenced
+        # nothing, so its containers are waited out to their deadline.
+        return f"server {server.name} stopped heartbeating while the sandbox ran", deadline
     if row.holder and server.instance and row.holder != server.instance:
-        # The dispatcher that claimed it was replaced; the new one cleared its containers before beating.
-        return f"the dispatcher of server {server.name} that ran the sandbox was replaced", True
+        # The dispatcher that claimed it was replaced; the new one removed its containers before beating.
+        return f"the dispatcher of server {server.name} that ran the sandbox was replaced", 0.0
     if server.inflight is not None and row.sandbox_id not in server.inflight:
-        return f"the dispatcher of server {server.name} lost track of the sandbox", False
-    return "", False
+        return f"the dispatcher of server {server.name} lost track of the sandbox", liveness.grace_s(server, ttl_s)
+    return "", 0.0
 
 
 def _settle_running(
@@ -281,20 +285,18 @@ def _settle_running(
     now: datetime,
     report: Report,
 ) -> None:
-    why, over = _orphaned(row, servers)
+    why, wait_s = _orphaned(row, servers, settings.heartbeat_ttl_s)
     left = lifecycle.leaving_run(row)
     server = servers.get(row.server or "")
     try:
         if not why:
             return
-        if not over:
-            # Nobody proves it stopped (a deleted server, a live dispatcher that does not list it):
-            # wait, by this clock, for longer than any fence before judging it.
-            grace = liveness.grace_s(server, settings.heartbeat_ttl_s) if server else settings.heartbeat_ttl_s
+        if wait_s > 0:
+            # Its run may still be going: it is moved only once it is surely over, by this clock.
             if row.suspect_at is None:
                 lifecycle.suspect(row.sandbox_id, left, now)
                 return
-            if _age_s(row.suspect_at, now) <= grace:
+            if _age_s(row.suspect_at, now) <= wait_s:
                 return
         attempts = int(row.attempts or 0)
         if row.network:

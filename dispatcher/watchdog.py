@@ -108,8 +108,8 @@ def _start_of(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _lock(spool: Path) -> IO[str] | None:
-    """Hold the spool's watchdog lock; None when another watchdog holds it."""
+def _lock(spool: Path, name_holder: bool = True) -> IO[str] | None:
+    """Hold the spool's watchdog lock (naming this process in it); None when another watchdog holds it."""
     spool.mkdir(parents=True, exist_ok=True)
     handle = open(spool / LOCK, "a+")  # noqa: SIM115 - held for the process's life
     try:
@@ -117,16 +117,17 @@ def _lock(spool: Path) -> IO[str] | None:
     except BlockingIOError:
         handle.close()
         return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    if name_holder:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
     return handle
 
 
 def running(spool: Path) -> bool:
     """Whether a watchdog holds this spool's lock now."""
-    handle = _lock(spool)
+    handle = _lock(spool, name_holder=False)
     if handle is None:
         return True
     handle.close()  # closing releases the lock

@@ -195,7 +195,8 @@ class Stack:
         for lock in (self.state_dir / "spool").glob("*/watchdog.lock"):
             try:
                 pid = int(lock.read_text().strip())
-                if pid > 1:
+                # Only a live watchdog: the pid of one that left by itself may belong to anyone now.
+                if pid > 1 and b"dispatcher.watchdog" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGTERM)
             except (ValueError, OSError):
                 pass

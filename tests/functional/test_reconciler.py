@@ -166,12 +166,18 @@ def test_a_sandbox_no_server_takes_for_too_long_ends_in_error(world):
 # Running
 
 
-def test_a_sandbox_running_on_a_dead_server_runs_again_on_a_healthy_one(world):
+def test_a_sandbox_running_on_a_dead_server_runs_again_on_a_healthy_one_once_its_deadline_passed(world):
     sandbox_id = create(world)
     run_on(sandbox_id, "local", attempts=1)
     spare = server(world, "spare")
     kill(world.server)
 
+    # Its dispatcher may have died outright (no fence): the host's watchdog ends the container at
+    # its deadline, so the run is waited out, by the reconciler's clock, before it moves.
+    assert reconcile(world)["requeued"] == 0
+    assert Sandbox.get(sandbox_id).suspect_at is not None
+    assert reconcile(world)["requeued"] == 0
+    suspected_long_ago(sandbox_id)
     assert reconcile(world)["requeued"] == 1
 
     row = Sandbox.get(sandbox_id)
@@ -185,6 +191,8 @@ def test_a_sandbox_running_on_a_dead_server_after_its_last_attempt_ends_in_error
     server(world, "spare")
     kill(world.server)
 
+    assert reconcile(world)["failed"] == 0  # waited out first
+    suspected_long_ago(sandbox_id)
     assert reconcile(world)["failed"] == 1
 
     row = Sandbox.get(sandbox_id)
@@ -295,6 +303,8 @@ def test_a_sandbox_with_network_is_never_run_again_after_its_start(world):
     run_as(sandbox_id, "local", network=True)
     server(world, "spare")
     kill(world.server)
+    reconcile(world)
+    suspected_long_ago(sandbox_id)
 
     report = reconcile(world)
 
@@ -324,8 +334,10 @@ def test_liveness_never_compares_the_dispatchers_clock_with_the_reconcilers(worl
     assert not DockerServer.get("local").dead
 
     kill(world.server)  # now the beat stops (seen unchanged for five minutes by the reconciler)
-    assert reconcile(world)["requeued"] == 1  # dead by the reconciler's clock: its run is over, run it again
+    assert reconcile(world)["requeued"] == 0  # dead by the reconciler's clock: its run is waited out ...
     assert DockerServer.get("local").dead
+    suspected_long_ago(sandbox_id)
+    assert reconcile(world)["requeued"] == 1  # ... then run again
 
 
 def test_a_backlog_costs_no_wake_ups_while_its_queue_holds_a_message_for_every_row(world):
