@@ -10,7 +10,7 @@ from typing import Any
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import logs, models, openapi, reconciler, sandboxes
+from chalicelib import images, logs, models, openapi, reconciler, sandboxes
 from chalicelib.errors import OpenDevelopError, Unavailable
 from chalicelib.settings import Settings
 from chalicelib.validation import parse_request
@@ -76,7 +76,17 @@ def openapi_document() -> Any:
 @api_view
 def list_images() -> Any:
     current_app()
+    params = app.current_request.query_params or {}  # type: ignore[union-attr]
+    if images.parse_detail(params.get("detail")):
+        return images.enabled_details()
     return sandboxes.enabled_images()
+
+
+@app.route("/api/images/{name}", methods=["GET"])
+@api_view
+def show_image(name: str) -> Any:
+    current_app()
+    return images.detail(name)
 
 
 @app.route("/api/sandboxes", methods=["GET"])
