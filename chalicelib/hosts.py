@@ -8,8 +8,8 @@ checkout it runs in, over one paramiko connection:
    ``PREFIX/app`` as one tar on a command's stdin, replacing the old folder
    whole; a manifest of content hashes says whether anything changed.
 2. ``host``: runs ``infra/local/host-setup.sh`` there (installs ``docker.io``
-   and gVisor with apt, starts the engine, builds the ``base`` image without
-   a registry) and installs ``python3-venv``; a fingerprint of packages,
+   and gVisor with apt, starts the engine, builds the ``base`` image and the
+   image catalogue of ``infra/images`` without a registry) and installs ``python3-venv``; a fingerprint of packages,
    runtimes and images taken before and after says whether it changed anything.
 3. ``python``: a virtualenv in ``PREFIX/venv`` with ``requirements.txt``
    (from the package index the host reaches), rebuilt only when they change.
@@ -343,7 +343,7 @@ FINGERPRINT = r"""
 dpkg-query -W -f '${Package} ${Version}\n' docker.io runsc debootstrap python3 python3-venv 2>/dev/null
 command -v dockerd docker runsc 2>/dev/null
 timeout 10 docker info --format '{{json .Runtimes}}' 2>/dev/null
-timeout 10 docker images --no-trunc --format '{{.Repository}}:{{.Tag}} {{.ID}}' opendevelop/base 2>/dev/null | sort
+timeout 10 docker images --no-trunc --format '{{.Repository}}:{{.Tag}} {{.ID}}' 'opendevelop/*' 2>/dev/null | sort
 """
 
 PYTHON = "$(command -v /usr/bin/python3 || command -v python3)"
@@ -414,7 +414,12 @@ def bootstrap(
         # 2. the host: Docker engine, gVisor, base image, python3-venv
         before = remote.run("fingerprinting the host", FINGERPRINT, check=False)
         skip = "OPENDEVELOP_SKIP_IMAGE=1 " if not base_image else ""
-        remote.run("setting up Docker (infra/local/host-setup.sh)", f"{skip}bash {p}/app/infra/local/host-setup.sh")
+        # A cold image catalogue (infra/images) takes a while: minutes per image on a slow mirror.
+        remote.run(
+            "setting up Docker (infra/local/host-setup.sh)",
+            f"{skip}bash {p}/app/infra/local/host-setup.sh",
+            timeout_s=3600,
+        )
         remote.run(
             "installing python3-venv",
             f"""set -e
