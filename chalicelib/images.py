@@ -11,6 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
+from chalicelib.admin import NAME as _NAME  # the names image_create allows
 from chalicelib.errors import InvalidInput, NotFound, Unavailable
 from chalicelib.models import Image
 
@@ -53,6 +54,8 @@ def enabled_details() -> list[dict[str, Any]]:
 
 def detail(name: str) -> dict[str, Any]:
     """One enabled image, described; ``NotFound`` for one that does not exist or is disabled."""
+    if not _NAME.match(name):  # never a key the table could hold: no read needed
+        raise NotFound(f"no image {name[:64]!r} (see GET /api/images)")
     try:
         image = Image.get(name)
     except DoesNotExist:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -405,6 +406,7 @@ def _strip(rootfs: Path) -> None:
             path.rmdir()
 
 
+@functools.cache
 def ensure_base() -> str:
     """``base`` as ``base/build.sh`` makes it (a no-op when built); its reference."""
     out = subprocess.run(["bash", str(HERE / BASE / "build.sh")], stdout=subprocess.PIPE, text=True)
@@ -566,15 +568,42 @@ def _build_layer(
             signal.signal(s, handler)
 
 
+def prune() -> list[str]:
+    """Remove the tags of earlier builds of each recipe (``opendevelop/<name>:<other hash>``); the removed tags.
+
+    Not done after every build: two checkouts with different recipes on one engine would then
+    rebuild each other's images on every run.
+    """
+    keep = set()
+    for name in catalogue():
+        info = inspect(f"{REPO}/{name}:latest")
+        if info is not None:
+            keep.update(info["tags"])
+    out = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{REPO}/*")
+    removed = []
+    for tag in out.splitlines():
+        name, _, version = tag.partition(":")
+        if tag in keep or not re.fullmatch(r"[0-9a-f]{12}", version) or name.split("/", 1)[1] not in catalogue():
+            continue
+        if subprocess.run(["docker", "rmi", tag], capture_output=True).returncode == 0:
+            removed.append(tag)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infra/images/build.py", description="Build the image catalogue.")
     parser.add_argument("names", nargs="*", metavar="NAME", help="recipes to build (with what they are built from)")
     parser.add_argument("--all", action="store_true", help="base and every recipe")
     parser.add_argument("--check", action="store_true", help="validate the recipes; build nothing")
     parser.add_argument("--force", action="store_true", help="rebuild the named images even if built")
+    parser.add_argument("--prune", action="store_true", help="remove earlier builds' tags of every recipe")
     args = parser.parse_args(argv)
     try:
         names = catalogue()
+        if args.prune:
+            for tag in prune():
+                print(f"removed {tag}")
+            return 0
         if args.check:
             for name in names:
                 load(name)

@@ -72,12 +72,13 @@ def test_detail_true_describes_every_enabled_image_by_name(catalogue):
     assert catalogue.get("/api/images?detail=false").json_body == ["base", "gcc", "go"]
 
 
-@pytest.mark.parametrize("name", ["nope", "old", "GO"])
+@pytest.mark.parametrize("name", ["nope", "old", "GO", "x" * 3000, "a b"])
 def test_an_unknown_or_disabled_image_is_404_as_the_api_words_it(catalogue, name):
     response = catalogue.get(f"/api/images/{name}")
 
     assert response.status_code == 404
-    assert response.json_body == {"Code": "NotFoundError", "Message": f"no image '{name}' (see GET /api/images)"}
+    shown = name[:64]
+    assert response.json_body == {"Code": "NotFoundError", "Message": f"no image '{shown}' (see GET /api/images)"}
 
 
 def test_a_bad_detail_value_is_a_400_naming_it(catalogue):
