@@ -15,7 +15,7 @@ from typing import Any
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import models, openapi, params, reconciler, sandboxes
+from chalicelib import images, models, openapi, params, reconciler, sandboxes
 from chalicelib.context import get_context
 from chalicelib.errors import OpenDevelopError, Unavailable
 from chalicelib.logs import log, log_exception
@@ -81,7 +81,16 @@ def openapi_document() -> Any:
 @api_view
 def list_images() -> Any:
     current_app()
+    if query()["detail"]:
+        return images.enabled_details()
     return sandboxes.enabled_images()
+
+
+@app.route("/api/images/{name}", methods=["GET"])
+@api_view
+def show_image(name: str) -> Any:
+    current_app()
+    return images.detail(name)
 
 
 @app.route("/api/sandboxes", methods=["GET"])

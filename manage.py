@@ -203,10 +203,30 @@ def app_delete(args: argparse.Namespace, settings: Settings) -> None:
     out(args, {"deleted": args.app_id}, f"app {args.app_id} deleted")
 
 
+def _image_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What --language, --version, --run, --extensions and --run-for say of an image (only those given)."""
+    meta: dict[str, Any] = {k: getattr(args, k) for k in ("language", "version", "run", "extensions")}
+    if args.run_for:
+        by_ext = {}
+        for item in args.run_for:
+            ext, sep, template = item.partition("=")
+            if not sep or not ext.strip():
+                raise OpenDevelopError(f"--run-for {item!r}: expected EXT=TEMPLATE, e.g. '.c=gcc -o main {{file}}'")
+            by_ext[ext.strip()] = template
+        meta["run_by_extension"] = by_ext
+    return {k: v for k, v in meta.items() if v is not None}
+
+
 @command("image-create", "register an image sandboxes can use")
 def image_create(args: argparse.Namespace, settings: Settings) -> None:
     image = admin.image_create(
-        args.name, args.docker_image, args.description, args.url, enabled=not args.disabled, replace=args.replace
+        args.name,
+        args.docker_image,
+        args.description,
+        args.url,
+        enabled=not args.disabled,
+        replace=args.replace,
+        **_image_meta(args),
     )
     out(args, admin.describe(image), f"image {image.name} registered ({image.docker_image})")
 
@@ -214,7 +234,28 @@ def image_create(args: argparse.Namespace, settings: Settings) -> None:
 @command("image-list", "list images")
 def image_list(args: argparse.Namespace, settings: Settings) -> None:
     rows = [admin.describe(i) for i in Image.scan()]
-    out(args, rows, table(rows, ["name", "docker_image", "enabled", "description"]))
+    for row in rows if not args.json else []:
+        row["extensions"] = " ".join(row.get("extensions") or [])
+    out(args, rows, table(rows, ["name", "docker_image", "enabled", "language", "version", "extensions", "run"]))
+
+
+@command("image-build", "build a catalogue image (or a new one from Debian packages) here, check it, register it")
+def image_build(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.images import catalogue
+
+    report = catalogue.image_build(
+        settings,
+        args.name,
+        packages=args.packages,
+        parent=args.parent,
+        description=args.description,
+        meta=_image_meta(args),
+        replace=args.replace,
+        force=args.force,
+        register=not args.no_register,
+        smoke=not args.no_smoke,
+    )
+    out(args, report, catalogue.report_text(report))
 
 
 @command("image-delete", "delete an image")
@@ -258,7 +299,7 @@ def parser() -> argparse.ArgumentParser:
         "--env-file", help="NAME=value lines for the dispatcher's environment (e.g. its AWS access key)"
     )
     p["server-bootstrap"].add_argument(
-        "--no-base-image", action="store_true", help="do not build the base image on the host"
+        "--no-base-image", action="store_true", help="do not build the images (base and the catalogue) on the host"
     )
     p["server-bootstrap"].add_argument(
         "--wait", type=float, default=60, help="seconds to wait for the dispatcher's heartbeat (0: do not wait)"
@@ -293,6 +334,24 @@ def parser() -> argparse.ArgumentParser:
     )
     p["image-create"].add_argument("--disabled", action="store_true", help="register it disabled")
     p["image-create"].add_argument("--replace", action="store_true", help="overwrite an image of that name")
+    p["image-build"].add_argument("--name", required=True, help="a recipe under infra/images/, or a new image")
+    p["image-build"].add_argument(
+        "--packages", help='a new image: Debian packages on top of --from, e.g. "jq bc" (writes its recipe)'
+    )
+    p["image-build"].add_argument("--from", dest="parent", default="base", help="what a new image is built on (base)")
+    p["image-build"].add_argument("--description", help="a new image's description")
+    p["image-build"].add_argument("--force", action="store_true", help="rebuild even if this recipe is built")
+    p["image-build"].add_argument("--replace", action="store_true", help="overwrite a different recipe of that name")
+    p["image-build"].add_argument("--no-smoke", action="store_true", help="do not run the recipe's smoke programs")
+    p["image-build"].add_argument("--no-register", action="store_true", help="build only")
+    for name in ("image-create", "image-build"):
+        p[name].add_argument("--language", help="the language it runs, e.g. Go")
+        p[name].add_argument("--version", help="the language's version (image-build measures it)")
+        p[name].add_argument("--run", help="a command line for one file, e.g. 'go run {file}' ({file}, {stem})")
+        p[name].add_argument("--extensions", help="the file extensions it claims, e.g. .cpp,.cc")
+        p[name].add_argument(
+            "--run-for", action="append", metavar="EXT=TEMPLATE", help="a run template for one of its extensions"
+        )
     p["image-delete"].add_argument("--name", required=True)
     return top
 

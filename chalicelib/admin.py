@@ -11,7 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist
 
-from chalicelib import aws, lifecycle, models, scheduling
+from chalicelib import aws, image_meta, lifecycle, models, scheduling
 from chalicelib.auth import hash_password, new_id, new_secret, secret_digest
 from chalicelib.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from chalicelib.models import App, DockerServer, Image, Sandbox, User
@@ -140,13 +140,29 @@ def app_delete(app_id: str) -> None:
 
 
 def image_create(
-    name: str, docker_image: str, description: str = "", url: str = "", enabled: bool = True, replace: bool = False
+    name: str,
+    docker_image: str,
+    description: str = "",
+    url: str = "",
+    enabled: bool = True,
+    replace: bool = False,
+    **meta: Any,
 ) -> Image:
+    """Register an image; ``meta`` describes it (``language``, ``version``, ``run``, ``extensions``,
+    ``run_by_extension``: see ``chalicelib.image_meta``)."""
     _name("name", name)
     if not docker_image or any(c.isspace() for c in docker_image):
         raise InvalidInput("docker-image", f"{docker_image!r} is not a Docker image reference")
+    unknown = sorted(set(meta) - {"language", "version", "run", "extensions", "run_by_extension"})
+    if unknown:
+        raise InvalidInput(unknown[0], "not a field of an image")
+    described = image_meta.check({**meta, "description": description})
     image = Image(
-        name, description=description or "", docker_image=docker_image, registry_url=url or "", enabled=enabled
+        name,
+        docker_image=docker_image,
+        registry_url=url or "",
+        enabled=enabled,
+        **described,
     )
     if replace:
         image.save()

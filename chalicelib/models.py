@@ -92,6 +92,12 @@ class Image(_Base):
     registry_url = UnicodeAttribute(default="")
     enabled = BooleanAttribute(default=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
+    # What the image says of itself (``GET /api/images/{name}``; see ``chalicelib.images``).
+    language = UnicodeAttribute(default="")
+    version = UnicodeAttribute(default="")
+    run = UnicodeAttribute(default="")  # a command line for one file: "go run {file}"
+    extensions = ListAttribute(of=UnicodeAttribute, default=list)  # [".go"]: the files it claims
+    run_by_extension = JSONAttribute(default=dict)  # {".c": "gcc ... {file}"}: where `run` does not fit
 
 
 class DockerServer(_Base):

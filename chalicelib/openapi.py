@@ -36,6 +36,7 @@ API_VERSION = "1.0.0"
 OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/openapi.json", "GET"): (200, 400, 415),
     ("/api/images", "GET"): (200, 400, 401, 415, 503),
+    ("/api/images/{name}", "GET"): (200, 400, 401, 404, 415, 503),
     ("/api/sandboxes", "GET"): (200, 400, 401, 415, 503),
     ("/api/sandboxes", "POST"): (201, 400, 401, 413, 415, 429, 503),
     ("/api/sandboxes/{sandbox_id}", "GET"): (200, 400, 401, 404, 415, 503),
@@ -246,6 +247,35 @@ def _sandbox_schema(settings: Settings) -> dict[str, Any]:
     return {"type": "object", "required": list(properties), "properties": properties}
 
 
+def _image_schema() -> dict[str, Any]:
+    text = {"type": "string"}
+    properties: dict[str, Any] = {
+        "name": {**text, "examples": ["go"]},
+        "description": text,
+        "language": {**text, "examples": ["Go"], "description": "The language it runs; empty if it does not say."},
+        "version": {**text, "examples": ["1.19.8"], "description": "The language's version in the image."},
+        "run": {
+            **text,
+            "examples": ["go run {file}", "g++ -O2 -o main {file} && ./main"],
+            "description": "A command line that runs one file: `{file}` is the file's path as uploaded, "
+            "`{stem}` its name without folder or extension. Empty if the image does not say.",
+        },
+        "extensions": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^\\.[a-z0-9_+-]+$"},
+            "examples": [[".cpp", ".cc"]],
+            "description": "The file extensions it claims: a client may pick this image for such a file.",
+        },
+        "run_by_extension": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "examples": [{".c": "gcc -O2 -o main {file} -lm && ./main"}],
+            "description": "Run templates for some of its extensions, where `run` does not fit.",
+        },
+    }
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
 def _error_response(status: int) -> dict[str, Any]:
     cls, description = _ERRORS[status]
     response: dict[str, Any] = {
@@ -291,12 +321,37 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("/api/images", "GET"): {
             "operationId": "listImages",
-            "summary": "The enabled image names",
+            "summary": "The enabled image names; with `detail=true`, each image described",
+            "parameters": _query_parameters("/api/images", "GET"),
             "responses": {
                 "200": {
-                    "description": "Image names, sorted.",
-                    "content": _json({"type": "array", "items": {"type": "string"}, "examples": [["base"]]}),
+                    "description": "Image names, sorted; with `detail=true`, the images described, by name.",
+                    "content": _json(
+                        {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "string"}, "examples": [["base", "go"]]},
+                                {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+                            ]
+                        }
+                    ),
                 }
+            },
+        },
+        ("/api/images/{name}", "GET"): {
+            "operationId": "getImage",
+            "summary": "One image described: its language, version and how to run a file with it",
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "An image name from `GET /api/images`.",
+                }
+            ],
+            "responses": {
+                "200": {"description": "The image.", "content": _json({"$ref": "#/components/schemas/Image"})},
+                "404": {**_error_response(404), "description": "No such image, or a disabled one."},
             },
         },
         ("/api/sandboxes", "GET"): {
@@ -370,7 +425,7 @@ def document(settings: Settings) -> dict[str, Any]:
         responses = dict(operation["responses"])
         for status in statuses:
             if status >= 400:
-                responses[str(status)] = _error_response(status)
+                responses.setdefault(str(status), _error_response(status))
         missing = {str(s) for s in statuses} ^ set(responses)
         if missing:
             raise AssertionError(f"openapi: {method} {path} answers with statuses not described: {sorted(missing)}")
@@ -395,6 +450,7 @@ def document(settings: Settings) -> dict[str, Any]:
             },
             "schemas": {
                 "Sandbox": _sandbox_schema(settings),
+                "Image": _image_schema(),
                 "Error": {
                     "type": "object",
                     "required": ["Code", "Message"],

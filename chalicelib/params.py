@@ -47,6 +47,16 @@ def parse_limit(raw: str | None) -> int:
     return value
 
 
+def parse_detail(raw: str | None) -> bool:
+    """``?detail=true``: describe each image, not only its name."""
+    value = (raw or "").strip().lower()
+    if value in ("", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes"):
+        return True
+    raise InvalidInput("detail", f"{(raw or '')[:20]!r} must be true or false")
+
+
 def parse_cursor(raw: str | None) -> str | None:
     """``?cursor=...``: opaque here; ``sandboxes.list_page`` decodes it, knowing whose it must be."""
     return raw or None  # an empty cursor is the first page
@@ -63,6 +73,13 @@ class Param:
 
 # (route, method) -> the parameters it takes.  Routes are Chalice's, with their {placeholders}.
 QUERY: dict[tuple[str, str], dict[str, Param]] = {
+    ("/api/images", "GET"): {
+        "detail": Param(
+            parse_detail,
+            {"type": "boolean", "default": False},
+            "`true`: each image described (an `Image`), not only its name.",
+        ),
+    },
     ("/api/sandboxes", "GET"): {
         "limit": Param(
             parse_limit, {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size."

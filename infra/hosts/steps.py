@@ -45,7 +45,7 @@ FINGERPRINT = r"""
 dpkg-query -W -f '${Package} ${Version}\n' docker.io runsc debootstrap python3 python3-venv 2>/dev/null
 command -v dockerd docker runsc 2>/dev/null
 timeout 10 docker info --format '{{json .Runtimes}}' 2>/dev/null
-timeout 10 docker images --no-trunc --format '{{.Repository}}:{{.Tag}} {{.ID}}' opendevelop/base 2>/dev/null | sort
+timeout 10 docker images --no-trunc --format '{{.Repository}}:{{.Tag}} {{.ID}}' 'opendevelop/*' 2>/dev/null | sort
 """
 
 PYTHON = "$(command -v /usr/bin/python3 || command -v python3)"
@@ -173,10 +173,13 @@ def install_code(remote: Remote, bundle: Bundle, facts: dict[str, str]) -> Step:
 
 
 def set_up_host(remote: Remote, p: str, base_image: bool) -> Step:
-    """2. ``host``: the Docker engine, gVisor, the base image and python3-venv (host-setup.sh is idempotent)."""
+    """2. ``host``: the Docker engine, gVisor, the base image and the image catalogue, and python3-venv (host-setup.sh is idempotent)."""
     before = remote.run("fingerprinting the host", FINGERPRINT, check=False)
     skip = "OPENDEVELOP_SKIP_IMAGE=1 " if not base_image else ""
-    remote.run("setting up Docker (infra/local/host-setup.sh)", f"{skip}bash {p}/app/infra/local/host-setup.sh")
+    # A cold image catalogue (infra/images) takes a while: minutes per image on a slow mirror.
+    remote.run(
+        "setting up Docker (infra/local/host-setup.sh)", f"{skip}bash {p}/app/infra/local/host-setup.sh", timeout_s=3600
+    )
     remote.run(
         "installing python3-venv",
         f"""set -e

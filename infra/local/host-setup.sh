@@ -3,8 +3,8 @@
 #
 #   sudo infra/local/host-setup.sh
 #
-# Idempotent; in the warm case (everything already done) it makes two docker
-# calls and finishes in well under a second (~0.15 s). Steps:
+# Idempotent; in the warm case (everything already done) it makes a few docker
+# calls and finishes in about a second. Steps:
 #   1. installs docker.io, debootstrap and runsc with apt, only if missing;
 #   2. starts dockerd (no systemd needed: setsid/nohup, log in
 #      /var/log/opendevelop-dockerd.log) if `docker info` does not answer, and
@@ -13,7 +13,9 @@
 #      in /etc/docker/daemon.json (merged into any existing content), applied
 #      with a SIGHUP config reload (dockerd reloads `runtimes` live; a restart
 #      is only the fallback), and only when it is not registered yet;
-#   4. builds the `base` image (infra/images/base/build.sh, cached by recipe);
+#   4. builds the `base` image (infra/images/base/build.sh, cached by recipe),
+#      then the rest of the catalogue (infra/images/build.py --all: base plus
+#      Debian packages per recipe, also cached by recipe hash);
 #   5. when the runtime was just (re)registered, checks that a runsc
 #      container really runs here; if it does not, it tries the other gVisor
 #      platform and otherwise warns (runsc stays optional: runc works).
@@ -25,7 +27,8 @@
 #   OPENDEVELOP_DOCKERD_LOG     default /var/log/opendevelop-dockerd.log
 #   OPENDEVELOP_DOCKER_CONFIG   default /etc/docker/daemon.json
 #   OPENDEVELOP_RECHECK_RUNSC=1 probe runsc again even if it was checked before
-#   OPENDEVELOP_SKIP_IMAGE=1    do not build the base image
+#   OPENDEVELOP_SKIP_IMAGE=1    do not build the base image (nor the catalogue)
+#   OPENDEVELOP_SKIP_CATALOGUE=1  build base only
 #   DEBIAN_MIRROR               passed to the image build
 set -euo pipefail
 
@@ -342,6 +345,13 @@ IMAGE=""
 if [[ "${OPENDEVELOP_SKIP_IMAGE:-0}" != 1 ]]; then
     IMAGE="$("$BUILD_SH" | tail -n 1)" || die "the base image build failed (see above)"
     [[ -n "$IMAGE" ]] || die "the base image build did not report an image"
+    # The rest of the catalogue (infra/images/*/image.json): base plus Debian packages each, built
+    # once per recipe hash (later runs: a few docker inspects).  A recipe that fails to build is
+    # reported and left out; base and the others still serve.
+    if [[ "${OPENDEVELOP_SKIP_CATALOGUE:-0}" != 1 ]]; then
+        python3 "$HERE/../images/build.py" --all >/dev/null \
+            || warn "some catalogue images were not built (see above); re-run to retry"
+    fi
 fi
 
 if command -v runsc >/dev/null; then

@@ -58,6 +58,13 @@ def aws_command(port: int) -> list[str]:
     return [str(VENV_BIN / "python"), "-m", "infra.local.moto_local", "-H", "127.0.0.1", "-p", str(port)]
 
 
+def register_catalogue() -> list[str]:
+    """``base`` and every catalogue image this engine has built (``infra/images``), described; their names."""
+    from infra.images import catalogue
+
+    return catalogue.register_built(DOCKER_URL)
+
+
 @dataclass
 class Stack:
     """One local stack: its ports, its environment and the processes it started."""
@@ -206,7 +213,7 @@ class Stack:
     def bootstrap(
         self, slots: int | None = None, servers: tuple[str, ...] = ("local",), runtime: str = "runc"
     ) -> dict[str, str]:
-        """Tables, bucket, the base image, the servers and a demo app; returns the demo credentials."""
+        """Tables, bucket, the images built here, the servers and a demo app; returns the demo credentials."""
         from chalicelib import admin, models
         from chalicelib.auth import secret_digest
         from chalicelib.models import App, User
@@ -214,7 +221,7 @@ class Stack:
         settings = self.settings()
         models.configure(settings)
         admin.init(settings)
-        admin.image_create("base", BASE_IMAGE, "Debian 12 with Python 3", "", replace=True)
+        register_catalogue()
         for server in servers:
             admin.server_create(
                 settings, server, DOCKER_URL, "", slots or os.cpu_count() or 2, runtime=runtime, replace=True

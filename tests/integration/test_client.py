@@ -128,7 +128,7 @@ def test_images_and_a_run_with_files_from_paths_bytes_and_text(client, workdir, 
         "print('to stderr', file=sys.stderr)\n"
     )
 
-    assert client.images() == ["base"]
+    assert "base" in client.images()
     sandbox = client.run(
         "./run.sh",
         ["lib", "run.sh", ("main.py", main), ("name.txt", "wörld\n"), ("blob.bin", b"\x00\xff")],
@@ -210,6 +210,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
     assert set(document["paths"]) == {
         "/api/openapi.json",
         "/api/images",
+        "/api/images/{name}",
         "/api/sandboxes",
         "/api/sandboxes/{sandbox_id}",
     }
@@ -248,7 +249,7 @@ def test_cli_images_ls_show_and_cancel(app, client, workdir):
     shown = od("show", sandbox_id, env=app, cwd=workdir)
     again = od("cancel", sandbox_id, env=app, cwd=workdir)
 
-    assert (images.returncode, images.stdout) == (0, "base\n")
+    assert images.returncode == 0 and "base" in images.stdout.splitlines()
     assert started.returncode == 0, started.stderr
     assert listing.returncode == 0 and listing.stdout.splitlines()[1].split()[:3] == [sandbox_id, "terminated", "0"]
     assert shown.returncode == 0 and "--- stdout ---\nlisted\n" in shown.stdout

@@ -144,9 +144,9 @@ def test_connection_options_go_before_or_after_the_command(fake, od, capsysbinar
     assert secrets == [f"{APP_ID}:first", f"{APP_ID}:second"]
 
 
-def test_a_run_without_a_command_is_a_usage_error(od, capsysbinary):
+def test_a_run_without_a_command_or_a_program_file_is_a_usage_error(od, capsysbinary):
     with pytest.raises(SystemExit) as caught:
-        od("run", "main.py", capsys=capsysbinary)
+        od("run", capsys=capsysbinary)
     assert caught.value.code == 2
     assert "put the command after --" in capsysbinary.readouterr().err.decode().lower()
 

@@ -21,7 +21,7 @@ from opendevelop.errors import (
     UnsupportedMediaTypeError,
     WaitTimeoutError,
 )
-from opendevelop.models import FINAL_STATES, Sandbox
+from opendevelop.models import FINAL_STATES, Image, Sandbox
 
 __version__ = "1.0.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "ConflictError",
+    "Image",
     "NotFoundError",
     "OpenDevelopError",
     "PayloadTooLargeError",

@@ -28,14 +28,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from opendevelop import errors
 from opendevelop.client import Client
+from opendevelop.files import upload_name
 from opendevelop.models import Sandbox
 
 EXIT_TIMED_OUT = 124
@@ -120,12 +123,17 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         parents=[connection],
         help="upload files, run a command, print its output, exit with its status",
-        usage="opendevelop run [FILE ...] [options] -- COMMAND [ARG ...]",
+        usage="opendevelop run [FILE ...] [options] [-- COMMAND [ARG ...]]",
         description="Upload FILEs (files or folders), run COMMAND in the folder holding them, print its "
-        "stdout and stderr and exit with its status.",
+        "stdout and stderr and exit with its status. Without a COMMAND the first FILE is run: with the image "
+        "that claims its extension (main.go: go) and that image's run template, as stderr says.",
     )
     run.add_argument("files", nargs="*", metavar="FILE", help="files or folders to upload")
-    run.add_argument("--image", default="base", help="image (see `opendevelop images`; default base)")
+    run.add_argument(
+        "--image",
+        help="image (see `opendevelop images`); default: with a command, base; without one, the image that "
+        "claims the first FILE's extension",
+    )
     run.add_argument("--timeout", type=float, help="the program's time limit, in seconds")
     for name in LIMIT_FLAGS:
         run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, help=f"limit {name}")
@@ -136,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the finished sandbox as JSON instead")
     run.add_argument("-q", "--quiet", action="store_true", help="no status line while waiting")
 
-    commands.add_parser("images", parents=[connection], help="the images a sandbox may use")
+    images = commands.add_parser("images", parents=[connection], help="the images a sandbox may use")
+    images.add_argument("-l", "--long", action="store_true", help="with language, version, extensions, run template")
+    images.add_argument("--json", action="store_true", help="one JSON object per image")
     ls = commands.add_parser("ls", parents=[connection], help="the app's sandboxes, newest first")
     ls.add_argument("-n", "--limit", type=int, default=50, help="show at most N (0: all; default 50)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -157,8 +167,10 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
     # One word after `--` is a shell command line as written (`-- 'python main.py | sort'`); several are
     # the program's arguments, each kept whole however it is spelled (`-- python main.py "my file.csv"`).
     cmd = ([command[0]] if len(command) == 1 else [shlex.join(command)]) if command else list(options.cmd)
+    image = options.image or "base"
     if not cmd:
-        raise UsageError("what should run? Put the command after --, e.g. opendevelop run main.py -- python main.py")
+        image, line = _choose(client, options.files, options.image, quiet=options.quiet)
+        cmd = [line]
     env = {}
     for item in options.env:
         name, sep, value = item.partition("=")
@@ -175,7 +187,7 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
     sandbox = client.create(
         cmd,
         options.files,
-        image=options.image,
+        image=image,
         timeout=options.timeout,
         stdin=stdin,
         env=env or None,
@@ -202,6 +214,40 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
     return _exit_status(sandbox)
 
 
+def _choose(client: Client, files: list[str], wanted: str | None, quiet: bool) -> tuple[str, str]:
+    """The image and command line that run the first FILE, when no command was given; said on stderr."""
+    program = next((f for f in files if os.path.isfile(f)), None)
+    if program is None:
+        raise UsageError(
+            "what should run? Name a program file (opendevelop run main.go) or put the command after --, "
+            "e.g. opendevelop run main.py -- python main.py"
+        )
+    name = upload_name(Path(program))
+    if wanted:
+        chosen = client.image(wanted)
+        if not chosen.run:
+            raise UsageError(f"image {wanted!r} does not say how to run a file: put the command after --")
+    else:
+        images = client.images(detail=True)
+        claiming = [i for i in images if i.claims(name)]
+        ext = os.path.splitext(name)[1] or name
+        if not claiming:
+            known = sorted({e for i in images for e in i.extensions})
+            raise UsageError(
+                f"no image claims {ext} files ({', '.join(known) or 'none claims any'}); "
+                f"choose one with --image and put the command after --"
+            )
+        if len(claiming) > 1:
+            names = ", ".join(i.name for i in claiming)
+            raise UsageError(f"several images claim {ext} files ({names}); choose one with --image")
+        chosen = claiming[0]
+    line = chosen.command_for(name)
+    if not quiet:
+        about = " ".join(x for x in (chosen.language, chosen.version) if x)
+        _say(f"running {name} with image {chosen.name}{f' ({about})' if about else ''}: {line}")
+    return chosen.name, line
+
+
 def _exit_status(sandbox: Sandbox, quiet: bool = False) -> int:
     """The program's exit status, or one of ours (with a message saying which) when it did not end on its own."""
     say = (lambda message: None) if quiet else _say
@@ -224,8 +270,20 @@ def _exit_status(sandbox: Sandbox, quiet: bool = False) -> int:
 
 
 def _images(client: Client, options: argparse.Namespace, command: list[str]) -> int:
-    for name in client.images():
-        print(name)
+    if not (options.long or options.json):
+        for name in client.images():
+            print(name)
+        return 0
+    images = client.images(detail=True)
+    if options.json:
+        for image in images:
+            print(json.dumps(image.raw))
+        return 0
+    table = [("NAME", "LANGUAGE", "VERSION", "EXTENSIONS", "RUN")]
+    table += [(i.name, i.language, i.version, " ".join(i.extensions), i.run) for i in images]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     return 0
 
 

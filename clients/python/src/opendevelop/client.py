@@ -21,14 +21,14 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import requests
 
 from opendevelop import errors
 from opendevelop.files import FilesArg, collect
-from opendevelop.models import Sandbox
+from opendevelop.models import Image, Sandbox
 
 DEFAULT_URL = "http://127.0.0.1:8000"  # what `make dev` serves
 MAX_LONG_POLL_S = 20  # the API holds a GET ?wait= at most this long
@@ -90,9 +90,22 @@ class Client:
 
     # The API
 
-    def images(self) -> list[str]:
-        """The names of the images a sandbox may use."""
+    @overload
+    def images(self, detail: Literal[False] = False) -> list[str]: ...
+
+    @overload
+    def images(self, detail: Literal[True]) -> list[Image]: ...
+
+    def images(self, detail: bool = False) -> list[str] | list[Image]:
+        """The names of the images a sandbox may use; with ``detail=True``, the images described
+        (language, version, run template, extensions: see ``Image``)."""
+        if detail:
+            return [Image.from_json(item) for item in self._json("GET", "/api/images", params={"detail": "true"})]
         return [str(name) for name in self._json("GET", "/api/images")]
+
+    def image(self, name: str) -> Image:
+        """One image described; ``NotFoundError`` when there is no such (enabled) image."""
+        return Image.from_json(self._json("GET", f"/api/images/{quote(name, safe='')}"))
 
     def sandboxes(self, page_size: int = 100) -> Iterator[Sandbox]:
         """Every sandbox of the app, newest first, fetched a page at a time as the iteration goes."""

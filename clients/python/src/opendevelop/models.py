@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -95,3 +97,57 @@ class Sandbox:
             server=data.get("server"),
             raw=data,
         )
+
+
+_PLACEHOLDER = re.compile(r"\{(file|stem)\}")
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image as ``GET /api/images/{name}`` describes it.
+
+    ``run`` is a command line for one file (``"go run {file}"``): ``{file}`` is
+    the file's path as uploaded, ``{stem}`` its name without folder or extension;
+    ``run_by_extension`` holds the templates of extensions ``run`` does not fit
+    (``{".c": "gcc ..."}``).  ``extensions`` are the files the image claims.
+    """
+
+    name: str
+    description: str = ""
+    language: str = ""
+    version: str = ""
+    run: str = ""
+    extensions: list[str] = field(default_factory=list)
+    run_by_extension: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def claims(self, file: str) -> bool:
+        """Whether this image claims ``file`` by its extension."""
+        return bool(_extension(file)) and _extension(file) in self.extensions
+
+    def command_for(self, file: str) -> str:
+        """The command line that runs ``file`` (a name as uploaded); ``ValueError`` if the image has no template."""
+        template = self.run_by_extension.get(_extension(file)) or self.run
+        if not template:
+            raise ValueError(f"image {self.name!r} does not say how to run a file")
+        name = file.rsplit("/", 1)[-1]
+        stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+        return _PLACEHOLDER.sub(lambda m: shlex.quote(file if m.group(1) == "file" else stem), template)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Image:
+        return cls(
+            name=str(data["name"]),
+            description=str(data.get("description") or ""),
+            language=str(data.get("language") or ""),
+            version=str(data.get("version") or ""),
+            run=str(data.get("run") or ""),
+            extensions=[str(e) for e in data.get("extensions") or []],
+            run_by_extension={str(k): str(v) for k, v in (data.get("run_by_extension") or {}).items()},
+            raw=data,
+        )
+
+
+def _extension(file: str) -> str:
+    name = file.rsplit("/", 1)[-1].lower()
+    return "." + name.rsplit(".", 1)[1] if "." in name.lstrip(".") else ""
