@@ -73,7 +73,6 @@ class Duties:
         # When the last heartbeat that DynamoDB acknowledged was sent (monotonic): the fence's origin.
         self.last_ok_sent = time.monotonic()
         self.fenced = flags.fenced  # set while the lease is lost: no claims, everything in hand killed
-        self.engine_error = ""  # why the engine cannot make containers, while it cannot
 
     def start(self) -> None:
         for target, name in (
@@ -104,6 +103,11 @@ class Duties:
     def _beat_once(self, images: bool) -> None:
         done = self.flags.done.is_set()
         engine = self.engine.healthy() if not done else True
+        if self.flags.broken and engine and not done:
+            why = self.engine.probe()
+            if not why:
+                log(logger, "engine.mended", server=self.server.name)
+            self.flags.broken = why
         if not engine:
             self.flags.engine_up.clear()
         ids = self.hands.ids()
@@ -125,9 +129,9 @@ class Duties:
                 DockerServer.beat.add(1),
                 DockerServer.instance.set(self.instance),
                 DockerServer.fence_s.set(self.plan.fence_s),
-                DockerServer.engine_ok.set(engine and not self.engine_error),
-                DockerServer.engine_error.set(self.engine_error or ("the engine does not answer" if not engine else ""))
-                if (self.engine_error or not engine)
+                DockerServer.engine_ok.set(engine and not self.flags.broken),
+                DockerServer.engine_error.set(self.flags.broken or ("the engine does not answer" if not engine else ""))
+                if (self.flags.broken or not engine)
                 else DockerServer.engine_error.remove(),
             ]
         mine = DockerServer.name.exists() & (

@@ -27,6 +27,11 @@ class EngineUnavailable(PlatformError):
     """The engine could not be reached: not the sandbox's fault, and no work should be taken until it answers."""
 
 
+class EngineBroken(PlatformError):
+    """The engine answers but cannot make containers (disk full, image store broken): not the sandbox's fault;
+    the server reports itself unhealthy and takes no work until ``Engine.probe`` succeeds."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     sandbox_id: str
@@ -89,6 +94,9 @@ class Engine(Protocol):
 
     def healthy(self) -> bool:
         """Whether the engine answers now."""
+
+    def probe(self) -> str:
+        """Whether the engine can make a container now: "" when it can, else why not."""
 
     def images(self) -> list[str]:
         """The image references the engine holds."""

@@ -28,7 +28,7 @@ from pynamodb.expressions.condition import Condition
 from chalicelib import lifecycle
 from chalicelib.logs import log
 from chalicelib.models import Sandbox
-from dispatcher.engine import EngineUnavailable, PlatformError
+from dispatcher.engine import EngineBroken, EngineUnavailable, PlatformError
 from dispatcher.retry import Retry
 
 logger = logging.getLogger("opendevelop.dispatcher")
@@ -57,6 +57,7 @@ class Failure:
     counted: bool = True
     final: bool = False
     engine: bool = False
+    broken: bool = False  # the engine cannot make containers: the server takes no work until it can
     expected: bool = True  # False: a bug or a failure nobody foresaw, worth its traceback in the log
 
 
@@ -81,6 +82,8 @@ def _classify(e: BaseException, engine_answers: Callable[[], bool]) -> Failure:
         return Failure(str(e), counted=False)
     if isinstance(e, EngineStopped):
         return Failure(str(e), counted=False, engine=True)
+    if isinstance(e, EngineBroken):
+        return Failure(f"the Docker engine cannot make containers: {e}", counted=False, broken=True)
     if isinstance(e, EngineUnavailable):
         return Failure(f"{ENGINE_GONE}: {e}", counted=False, engine=True)
     if isinstance(e, PlatformError):

@@ -299,6 +299,9 @@ class Pipeline:
             log_exception(logger, "dispatcher.unexpected_error", e, sandbox_id=sandbox.sandbox_id, server=self.server)
         if failure.engine:
             self.flags.engine_up.clear()  # take no work until the engine answers
+        if failure.broken:
+            self.flags.broken = failure.reason  # reported by the heartbeat: new work goes elsewhere
+            log(logger, "engine.broken", logging.ERROR, server=self.server, reason=failure.reason[:300])
         settled = self._settle(sandbox, lifecycle.running_as(job.token), failure)
         if settled in (Settled.ERROR, Settled.GONE):
             self.inbox.delete(job.receipt)

@@ -44,7 +44,7 @@ from dispatcher.container import (
     run_name,
     sandbox_of,
 )
-from dispatcher.engine import EngineUnavailable, Leftover, PlatformError, RunResult, RunSpec
+from dispatcher.engine import EngineBroken, EngineUnavailable, Leftover, PlatformError, RunResult, RunSpec
 from dispatcher.pool import Pool
 
 __all__ = ["LABEL_POOL", "LABEL_SANDBOX", "LABEL_SERVER", "Runner", "RunResult", "RunSpec"]
@@ -112,6 +112,7 @@ class Runner:
         self._lock = threading.Lock()
         self.live: set[str] = set()  # ids of the containers made here and not removed yet
         self.pool = Pool(self.start_spare, self.remove, pool_size, server=server)
+        self._last_shape: Shape | None = None
 
     # Engine: background work and health
 
@@ -126,6 +127,17 @@ class Runner:
 
     def resume(self) -> None:
         self.pool.resume()
+
+    def probe(self) -> str:
+        """Make (and remove) a container of the last shape run: "" when that works, else why not."""
+        if self._last_shape is None:
+            return ""
+        try:
+            cid = self._create(self._last_shape, f"od-probe-{secrets.token_hex(6)}", {LABEL_POOL: "probe"})
+        except Exception as e:  # noqa: BLE001 - the answer is the point
+            return f"{type(e).__name__}: {e}"[:300]
+        self.remove(cid)
+        return ""
 
     def healthy(self) -> bool:
         try:
@@ -173,11 +185,14 @@ class Runner:
             name=name,
             host_config=self.api.create_host_config(**host),
         )
+        self._last_shape = shape
         try:
             cid = str(self.api.create_container(**kwargs)["Id"])
         except APIError as e:
             if e.status_code != 409:
-                raise PlatformError(f"creating the container: {e.explanation or e}") from e
+                # The image is there and the engine answered: it cannot make containers (its disk is
+                # full, its store broken).  Not the sandbox's fault; the server says so and waits.
+                raise EngineBroken(f"creating the container: {e.explanation or e}") from e
             # A container of that name survives from an earlier attempt: it is stale by definition.
             self.remove(name)
             try:

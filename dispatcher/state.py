@@ -27,6 +27,7 @@ class Flags:
     done: threading.Event = field(default_factory=threading.Event)  # every slot finished: the last beat may go
     engine_up: threading.Event = field(default_factory=threading.Event)  # cleared while the engine is away
     fenced: threading.Event = field(default_factory=threading.Event)  # the lease is lost: claim nothing
+    broken: str = ""  # why the engine cannot make containers, while it cannot: take no work
 
     def __post_init__(self) -> None:
         self.engine_up.set()

@@ -113,6 +113,9 @@ class Dispatcher:
                 if not self.flags.engine_up.is_set():
                     self._wait_for_engine()
                     continue
+                if self.flags.broken:
+                    self.flags.stopping.wait(1)  # the heartbeat probes the engine and clears this
+                    continue
                 taken = self._take_slots()
                 if not taken:
                     continue

@@ -50,6 +50,11 @@ class FakeEngine:
     def healthy(self) -> bool:
         return self.up
 
+    def probe(self) -> str:
+        return self.broken
+
+    broken = ""
+
     def images(self) -> list[str]:
         return ["opendevelop/base:latest"]
 
@@ -410,3 +415,29 @@ def test_a_draining_dispatcher_learns_its_state_from_its_heartbeat(world):
     dispatcher.duties.beat()
 
     assert dispatcher.server.state == "draining"  # its loop takes no new work while so
+
+
+def test_an_engine_that_cannot_make_containers_makes_the_server_unhealthy_not_the_sandbox_fail(world):
+    from dispatcher.engine import EngineBroken
+
+    def full(spec: RunSpec) -> RunResult:
+        raise EngineBroken("creating the container: no space left on device")
+
+    engine = FakeEngine(full)
+    engine.broken = "creating a container: no space left on device"  # what the heartbeat's probe meets
+    dispatcher = make(world, engine, max_attempts=1)
+    sandbox_id = submit(world)
+
+    dispatcher.handle(receive(dispatcher))
+    dispatcher.duties.beat()
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.attempts) == ("queued", 0)  # not its fault: given back, not counted
+    server = DockerServer.get("local")
+    assert server.engine_ok is False and "no space left on device" in server.engine_error
+    assert dispatcher.flags.broken  # it takes no work meanwhile
+
+    engine.broken = ""  # the disk has room again: the next heartbeat's probe sees it
+    dispatcher.duties.beat()
+    assert not dispatcher.flags.broken
+    assert DockerServer.get("local").engine_ok is True
