@@ -10,12 +10,16 @@ skipped) and:
 1. Dead letters: a readable row still queued is woken again (an outage is not
    its fault), up to ``max_attempts`` times; a row that cannot be read, or
    keeps coming back, ends ``error`` (unless a live dispatcher holds it).
-2. ``running`` whose run is over -- its server judged dead, or its dispatcher
-   replaced -- is given back (``queued`` on a ready server, a wake-up sent)
-   while tried fewer than ``max_attempts`` times, else ``error``; with network
-   access it ends ``error`` (never started twice).  A row nobody proves over (a
-   deleted server, a live dispatcher that does not list it) is first noted
-   (``suspect_at``) and judged only once it has waited longer than any fence.
+2. ``running`` on a server judged dead (or deleted): only that host can tell
+   whether the program is still running or finished unrecorded, so the row
+   waits for its dispatcher to come back (its recovery settles it) and ends
+   ``error`` after ``orphan_max_s``; it is never started again from here.
+   ``running`` that a live dispatcher no longer holds (a settle it could not
+   write, a replaced instance whose recovery could not write it) is given back
+   (``queued`` on a ready server) once it has been so for longer than any
+   fence, while tried fewer than ``max_attempts`` times (else ``error``; with
+   network access, ``error``: never started twice).  Waiting is timed from the
+   reconciler's first sight (``suspect_at``), by its own clock.
 3. ``queued`` on a server that may not take work (dead, draining, disabled,
    engine broken, deleted): moved to a ready server; with none it waits.
    Lost wake-ups are re-sent, but only as many per server as its queue is short
@@ -53,7 +57,6 @@ from chalicelib.settings import Settings, SettingsError, env_float, env_int
 
 logger = logging.getLogger("opendevelop.reconciler")
 
-WATCHDOG_GRACE_S = 2.0  # dispatcher/watchdog.py kills a container 1.5 s past its timeout, ticking every 0.5 s
 DLQ_BATCHES = 10  # at most 100 dead letters per server per pass; the rest wait for the next one
 
 
@@ -62,6 +65,7 @@ class ReconcilerSettings:
     max_attempts: int = 3  # as the dispatcher's OPENDEVELOP_MAX_ATTEMPTS
     resend_after_s: int = 60
     queued_max_s: int = 24 * 3600
+    orphan_max_s: int = 600  # a running row whose server is dead waits this long for it to come back
     interval_s: float = 10.0  # the local loop's period (the cloud's is the schedule's)
 
     @classmethod
@@ -71,8 +75,18 @@ class ReconcilerSettings:
             max_attempts=env_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
             resend_after_s=env_int(env, "OPENDEVELOP_RESEND_AFTER", 60, 1, 86400),
             queued_max_s=env_int(env, "OPENDEVELOP_QUEUED_MAX", 24 * 3600, 60, 14 * 86400),
+            orphan_max_s=env_int(env, "OPENDEVELOP_ORPHAN_MAX", 600, 1, 7 * 86400),
             interval_s=env_float(env, "OPENDEVELOP_RECONCILE_INTERVAL", 10, 0.5, 3600),
         )
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A running row nobody runs: why, how long to wait (by this clock) before judging, and how."""
+
+    why: str
+    wait_s: float
+    give_back: bool = True  # else it ends ``error``
 
 
 @dataclass
@@ -257,24 +271,30 @@ def _dead_letter(
         log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, server=server.name, reason=reason)
 
 
-def _orphaned(row: Sandbox, servers: dict[str, DockerServer], ttl_s: float) -> tuple[str, float]:
-    """Why nobody runs this ``running`` row any more (empty when its dispatcher still does), and how
-    long, by this clock from when the reconciler first saw it so, to wait until its run is surely over."""
+def _orphaned(
+    row: Sandbox, servers: dict[str, DockerServer], config: ReconcilerSettings, ttl_s: float
+) -> Orphan | None:
+    """Why nobody runs this ``running`` row any more (``None`` while its dispatcher still does)."""
     server = servers.get(row.server or "")
-    # Its deadline: past it the host's watchdog has killed the container, dispatcher or not.
-    deadline = float((row.limits or {}).get("timeout") or 0) + WATCHDOG_GRACE_S + 1
-    if server is None:
-        return f"server {row.server} was removed while the sandbox ran", ttl_s + deadline
-    if not is_alive(server):
-        # Dead by this clock for longer than its fence; a dispatcher that died outright fenced
-        # nothing, so its containers are waited out to their deadline.
-        return f"server {server.name} stopped heartbeating while the sandbox ran", deadline
+    if server is None or not is_alive(server):
+        # Its host may still run the container, or may have seen it finish with nobody to record
+        # it: only that host's dispatcher can tell (its recovery does, when it comes back).  So the
+        # row waits for it, and ends ``error`` if it never comes back; it is never run again from here.
+        gone = "was removed" if server is None else "stopped heartbeating"
+        why = (
+            f"server {row.server} {gone} while the sandbox ran and did not come back within "
+            f"{config.orphan_max_s} s; whether the program finished is unknown, so it is not run again"
+        )
+        return Orphan(why, config.orphan_max_s, give_back=False)
     if row.holder and server.instance and row.holder != server.instance:
-        # The dispatcher that claimed it was replaced; the new one removed its containers before beating.
-        return f"the dispatcher of server {server.name} that ran the sandbox was replaced", 0.0
+        # The dispatcher that claimed it was replaced; the new one's recovery removed its containers
+        # and settles its rows before it beats: this is for a row that recovery could not write.
+        return Orphan(f"the dispatcher of server {server.name} that ran the sandbox was replaced", ttl_s)
     if server.inflight is not None and row.sandbox_id not in server.inflight:
-        return f"the dispatcher of server {server.name} lost track of the sandbox", liveness.grace_s(server, ttl_s)
-    return "", 0.0
+        return Orphan(
+            f"the dispatcher of server {server.name} lost track of the sandbox", liveness.grace_s(server, ttl_s)
+        )
+    return None
 
 
 def _settle_running(
@@ -285,19 +305,24 @@ def _settle_running(
     now: datetime,
     report: Report,
 ) -> None:
-    why, wait_s = _orphaned(row, servers, settings.heartbeat_ttl_s)
+    orphan = _orphaned(row, servers, config, settings.heartbeat_ttl_s)
     left = lifecycle.leaving_run(row)
     server = servers.get(row.server or "")
     try:
-        if not why:
+        if orphan is None:
             return
-        if wait_s > 0:
-            # Its run may still be going: it is moved only once it is surely over, by this clock.
-            if row.suspect_at is None:
-                lifecycle.suspect(row.sandbox_id, left, now)
-                return
-            if _age_s(row.suspect_at, now) <= wait_s:
-                return
+        why = orphan.why
+        # Judged only once it has been so for ``wait_s`` by this clock (noted on the row at first sight).
+        if row.suspect_at is None:
+            lifecycle.suspect(row.sandbox_id, left, now)
+            return
+        if _age_s(row.suspect_at, now) <= orphan.wait_s:
+            return
+        if not orphan.give_back:
+            if lifecycle.fail(row.sandbox_id, left, why):
+                report.failed += 1
+                log(logger, "sandbox.error", logging.WARNING, sandbox_id=row.sandbox_id, reason=why)
+            return
         attempts = int(row.attempts or 0)
         if row.network:
             reason = f"{why}; it had network access, so it is not run again (its effects may have happened)"

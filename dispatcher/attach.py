@@ -16,6 +16,7 @@ from __future__ import annotations
 import shlex
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from dispatcher.engine import RunSpec
@@ -30,9 +31,17 @@ def stdin_for(spec: RunSpec, payload: bytes) -> bytes:
     return f"{spec.files_bytes} {len(script)}\n".encode() + script + payload
 
 
-def send_input(raw: Any, payload: bytes) -> None:
-    """Write the tar and stdin, then close our writing side so the program sees EOF."""
+def send_input(raw: Any, payload: bytes, program_at: int = 0, on_program: Callable[[], None] | None = None) -> None:
+    """Write the header, command, tar and stdin, then close our writing side so the program sees EOF.
+
+    ``on_program`` is called once the first ``program_at`` bytes (all the prologue needs before it
+    starts the program) are written: from then on the program may have run.
+    """
     try:
+        if on_program is not None:
+            raw.sendall(payload[:program_at])
+            on_program()
+            payload = payload[program_at:]
         if payload:
             raw.sendall(payload)
     except OSError:

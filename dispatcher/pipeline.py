@@ -27,6 +27,7 @@ from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.models import Sandbox
 from chalicelib.settings import Settings
+from dispatcher import watchdog
 from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
@@ -209,6 +210,7 @@ class Pipeline:
         finally:
             if result.container_id:
                 self.engine.release(result.container_id)
+            watchdog.forget_started(self.spool.root, sandbox.sandbox_id)
 
     def _payload(self, sandbox: Sandbox) -> bytes:
         """The tar (+ stdin) the API stored: in the row when small, in S3 when not."""

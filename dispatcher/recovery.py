@@ -32,6 +32,7 @@ from chalicelib import lifecycle
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox
+from dispatcher import watchdog
 from dispatcher.engine import Engine, Leftover, RunResult
 from dispatcher.inbox import Inbox
 from dispatcher.outcome import NETWORK_ONCE, Failure, Settled, settle
@@ -62,7 +63,8 @@ def recover(
     for container in engine.leftovers():
         engine.release(container.container_id)  # killed and removed: whatever it ran is over now
         if container.sandbox_id and container.sandbox_id not in recorded:
-            _settle(container.sandbox_id, _failure(container), config, server, inbox, retry)
+            started = watchdog.started(spool.root, container.sandbox_id)
+            _settle(container.sandbox_id, _failure(container, started), config, server, inbox, retry)
     try:
         running = Sandbox.by_status.query("running", filter_condition=Sandbox.server == server.name)
         orphans = [s.sandbox_id for s in running if s.holder != instance]
@@ -72,6 +74,8 @@ def recover(
     for sandbox_id in orphans:
         if sandbox_id not in recorded:
             _settle(sandbox_id, Failure(REASON), config, server, inbox, retry)
+    for marker in (spool.root / "started").glob("*"):
+        marker.unlink(missing_ok=True)  # every run of this server is settled now
 
 
 def _record_kept(spool: Spool, record: Record) -> set[str]:
@@ -89,8 +93,10 @@ def _record_kept(spool: Spool, record: Record) -> set[str]:
     return done
 
 
-def _failure(container: Leftover) -> Failure:
-    if container.running or container.exit_code is None or container.exit_code in STOPPED:
+def _failure(container: Leftover, started: bool) -> Failure:
+    """Still running (killed just now), stopped by a signal, or never given all its input: its
+    program did not finish, so it may run again.  Exited by itself once started: it finished."""
+    if container.running or container.exit_code is None or container.exit_code in STOPPED or not started:
         return Failure(REASON)
     return Failure(LOST, final=True)
 

@@ -284,7 +284,12 @@ class Runner:
                 # Off the program's path: the deadline holds even if this process stops.
                 deadline = threading.Thread(target=self._leave_deadline, args=(cid, spec), daemon=True)
                 deadline.start()
-            writer = threading.Thread(target=send_input, args=(raw, stdin_for(spec, payload)), daemon=True)
+            data = stdin_for(spec, payload)
+            # Everything but the program's own stdin: once written, the program may have started.
+            program_at = len(data) - (len(payload) - spec.files_bytes)
+            spool = self.spool
+            on_program = (lambda: watchdog.mark_started(spool, spec.sandbox_id)) if spool is not None else None
+            writer = threading.Thread(target=send_input, args=(raw, data, program_at, on_program), daemon=True)
             writer.start()
             try:
                 demux(raw, capture)

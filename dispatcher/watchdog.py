@@ -92,6 +92,23 @@ def pending(spool: Path) -> Iterator[Deadline]:
             continue  # being written, or removed meanwhile: seen on the next tick
 
 
+def mark_started(spool: Path, sandbox_id: str) -> None:
+    """The program of ``sandbox_id`` may have started (all its prologue needs was written): after a
+    crash, recovery must then not take its container's exit for a start that never happened."""
+    folder = spool / "started"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / sandbox_id).touch()
+
+
+def started(spool: Path, sandbox_id: str) -> bool:
+    return (spool / "started" / sandbox_id).exists()
+
+
+def forget_started(spool: Path, sandbox_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (spool / "started" / sandbox_id).unlink()
+
+
 def touch_alive(spool: Path) -> None:
     spool.mkdir(parents=True, exist_ok=True)
     (spool / ALIVE).touch()

@@ -173,7 +173,7 @@ def install_code(remote: Remote, bundle: Bundle, facts: dict[str, str]) -> Step:
 
 
 def set_up_host(remote: Remote, p: str, base_image: bool) -> Step:
-    """2. ``host``: the Docker engine, gVisor, the base image and the image catalogue, and python3-venv (host-setup.sh is idempotent)."""
+    """2. ``host``: the Docker engine, gVisor, the base image and the catalogue, python3-venv (idempotent)."""
     before = remote.run("fingerprinting the host", FINGERPRINT, check=False)
     skip = "OPENDEVELOP_SKIP_IMAGE=1 " if not base_image else ""
     # A cold image catalogue (infra/images) takes a while: minutes per image on a slow mirror.
