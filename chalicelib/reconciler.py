@@ -37,47 +37,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import aws, lifecycle, liveness, models
+from chalicelib import aws, dead_letters, lifecycle, liveness, models
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive, is_healthy
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
+from chalicelib.reconcile_common import ReconcilerSettings, Report, age_s, send
 from chalicelib.scheduling import pick_ready
-from chalicelib.settings import Settings, SettingsError, env_float, env_int
+from chalicelib.settings import Settings, SettingsError
 
 logger = logging.getLogger("opendevelop.reconciler")
 
-DLQ_BATCHES = 10  # at most 100 dead letters per server per pass; the rest wait for the next one
-
-
-@dataclass(frozen=True)
-class ReconcilerSettings:
-    max_attempts: int = 3  # as the dispatcher's OPENDEVELOP_MAX_ATTEMPTS
-    resend_after_s: int = 60
-    queued_max_s: int = 24 * 3600
-    orphan_max_s: int = 600  # a running row whose server is dead waits this long for it to come back
-    interval_s: float = 10.0  # the local loop's period (the cloud's is the schedule's)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ReconcilerSettings:
-        env = os.environ if environ is None else environ
-        return cls(
-            max_attempts=env_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
-            resend_after_s=env_int(env, "OPENDEVELOP_RESEND_AFTER", 60, 1, 86400),
-            queued_max_s=env_int(env, "OPENDEVELOP_QUEUED_MAX", 24 * 3600, 60, 14 * 86400),
-            orphan_max_s=env_int(env, "OPENDEVELOP_ORPHAN_MAX", 600, 1, 7 * 86400),
-            interval_s=env_float(env, "OPENDEVELOP_RECONCILE_INTERVAL", 10, 0.5, 3600),
-        )
+# Kept importable from here: the reconciler's settings and report live in ``reconcile_common``.
+__all__ = ["ReconcilerSettings", "Report", "main", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -87,29 +67,6 @@ class Orphan:
     why: str
     wait_s: float
     give_back: bool = True  # else it ends ``error``
-
-
-@dataclass
-class Report:
-    """What one pass changed, by kind."""
-
-    dead_lettered: int = 0
-    requeued: int = 0
-    failed: int = 0
-    rerouted: int = 0
-    rewoken: int = 0
-    errors: list[str] = field(default_factory=list)
-    moved: set[str] = field(default_factory=set)  # rows this pass already settled or sent a wake-up for
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dead_lettered": self.dead_lettered,
-            "requeued": self.requeued,
-            "failed": self.failed,
-            "rerouted": self.rerouted,
-            "rewoken": self.rewoken,
-            "errors": len(self.errors),
-        }
 
 
 def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> dict[str, Any]:
@@ -128,7 +85,7 @@ def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> d
     for server in servers.values():
         _judge(settings, server, now, report)
     for server in servers.values():
-        _dead_letters(settings, config, server, servers, report)
+        dead_letters.drain(settings, config, server, servers, report)
     for row in _rows("running", report):
         _settle_running(settings, config, row, servers, now, report)
     queued = _rows("queued", report)
@@ -184,93 +141,6 @@ def _rows(status: str, report: Report) -> list[Sandbox]:
     return rows
 
 
-def _send(settings: Settings, server: DockerServer, sandbox_id: str, report: Report) -> None:
-    try:
-        aws.send_wakeup(settings, server.queue_url, sandbox_id)
-    except Unavailable as e:
-        # The row is right; the next pass re-sends once resend_after_s has passed.
-        report.errors.append(f"waking {sandbox_id}: {e}")
-        log(logger, "reconcile.wakeup_failed", logging.WARNING, sandbox_id=sandbox_id, server=server.name)
-
-
-def _age_s(since: datetime | None, now: datetime | None = None) -> float:
-    return ((now or utcnow()) - since).total_seconds() if since else float("inf")
-
-
-def _dead_letters(
-    settings: Settings,
-    config: ReconcilerSettings,
-    server: DockerServer,
-    servers: dict[str, DockerServer],
-    report: Report,
-) -> None:
-    if not server.dlq_url:
-        return
-    client = aws.sqs(settings)
-    for _ in range(DLQ_BATCHES):
-        try:
-            with aws.translated("reading the dead-letter queue"):
-                messages = client.receive_message(
-                    QueueUrl=server.dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30
-                ).get("Messages", [])
-        except Unavailable as e:
-            report.errors.append(str(e))
-            return
-        if not messages:
-            return
-        for message in messages:
-            try:
-                _dead_letter(message, server, servers, settings, config, report)
-                with aws.translated("deleting a dead letter"):
-                    client.delete_message(QueueUrl=server.dlq_url, ReceiptHandle=message["ReceiptHandle"])
-            except (PynamoDBException, Unavailable) as e:
-                report.errors.append(f"dead letter on {server.name}: {e}")  # it shows again in 30 s
-
-
-def _dead_letter(
-    message: dict[str, Any],
-    server: DockerServer,
-    servers: dict[str, DockerServer],
-    settings: Settings,
-    config: ReconcilerSettings,
-    report: Report,
-) -> None:
-    """A wake-up that failed ``MAX_RECEIVES`` deliveries.
-
-    An outage is not the sandbox's fault: a row that loads and is still queued
-    is woken again (up to ``max_attempts`` dead letters).  A row that does not
-    load (poison), or that keeps coming back, ends ``error``.
-    """
-    try:
-        sandbox_id = str(json.loads(message["Body"])["sandbox_id"])
-    except (ValueError, KeyError, TypeError):
-        log(logger, "reconcile.bad_dead_letter", logging.WARNING, server=server.name)
-        return
-    try:
-        row: Sandbox | None = Sandbox.get(sandbox_id, consistent_read=True)
-    except Sandbox.DoesNotExist:
-        return
-    except (ValueError, TypeError, AttributeError):
-        row = None  # poison: a row this code cannot read
-    if row is not None and row.status == "queued" and int(row.dead_letters or 0) < config.max_attempts:
-        target = servers.get(row.server or "")
-        if target is not None and lifecycle.requeue_dead_letter(sandbox_id, target.name):
-            report.rewoken += 1
-            log(logger, "sandbox.rewoken", sandbox_id=sandbox_id, server=target.name, reason="dead letter")
-            _send(settings, target, sandbox_id, report)
-        return
-    # A dispatcher that has the sandbox in hand (its wake-up was only re-delivered too often) keeps it.
-    holders = [name for name, other in servers.items() if other.inflight and sandbox_id in other.inflight]
-    holders = [name for name in holders if is_alive(servers[name])]
-    reason = (
-        f"the platform could not handle this sandbox: its wake-up message failed {aws.MAX_RECEIVES} deliveries "
-        f"on server {server.name} and went to the dead-letter queue"
-    )
-    if lifecycle.fail(sandbox_id, lifecycle.unfinished(except_running_on=holders), reason):
-        report.dead_lettered += 1
-        log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, server=server.name, reason=reason)
-
-
 def _orphaned(
     row: Sandbox, servers: dict[str, DockerServer], config: ReconcilerSettings, ttl_s: float
 ) -> Orphan | None:
@@ -316,7 +186,7 @@ def _settle_running(
         if row.suspect_at is None:
             lifecycle.suspect(row.sandbox_id, left, now)
             return
-        if _age_s(row.suspect_at, now) <= orphan.wait_s:
+        if age_s(row.suspect_at, now) <= orphan.wait_s:
             return
         if not orphan.give_back:
             if lifecycle.fail(row.sandbox_id, left, why):
@@ -350,7 +220,7 @@ def _settle_running(
                 previous=row.server,
                 reason=why,
             )
-            _send(settings, target, row.sandbox_id, report)
+            send(settings, target, row.sandbox_id, report)
     except PynamoDBException as e:
         report.errors.append(f"settling {row.sandbox_id}: {e}")
 
@@ -360,7 +230,7 @@ def _settle_queued(
 ) -> None:
     server = servers.get(row.server or "")
     try:
-        if _age_s(row.created_at) > config.queued_max_s:
+        if age_s(row.created_at) > config.queued_max_s:
             reason = f"no Docker server took the sandbox within {config.queued_max_s} s"
             if lifecycle.fail(row.sandbox_id, lifecycle.queued_on(row.server), reason):
                 report.failed += 1
@@ -375,7 +245,7 @@ def _settle_queued(
                 report.rerouted += 1
                 report.moved.add(row.sandbox_id)
                 log(logger, "sandbox.rerouted", sandbox_id=row.sandbox_id, server=target.name, previous=row.server)
-                _send(settings, target, row.sandbox_id, report)
+                send(settings, target, row.sandbox_id, report)
     except PynamoDBException as e:
         report.errors.append(f"settling {row.sandbox_id}: {e}")
 
@@ -403,7 +273,7 @@ def _rewake(
         due = [
             r
             for r in waiting
-            if _age_s(max(r.created_at, r.woken_at) if r.woken_at else r.created_at) > config.resend_after_s
+            if age_s(max(r.created_at, r.woken_at) if r.woken_at else r.created_at) > config.resend_after_s
         ]
         if not due:
             continue
@@ -417,7 +287,7 @@ def _rewake(
                 if lifecycle.rewake(row.sandbox_id, name):
                     report.rewoken += 1
                     log(logger, "sandbox.rewoken", sandbox_id=row.sandbox_id, server=name)
-                    _send(settings, server, row.sandbox_id, report)
+                    send(settings, server, row.sandbox_id, report)
             except PynamoDBException as e:
                 report.errors.append(f"waking {row.sandbox_id}: {e}")
 

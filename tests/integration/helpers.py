@@ -147,6 +147,9 @@ def remove_containers(docker_client: Any, server: str) -> list[str]:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass  # the dispatcher removed it between the listing and now
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: the dispatcher (or its recovery) is removing it right now
+                raise
     return [c.name for c in leftovers]
 
 
