@@ -18,6 +18,7 @@ Here too is what only Docker can say, turned into the dispatcher's terms:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -287,8 +288,7 @@ class Runner:
             data = stdin_for(spec, payload)
             # Everything but the program's own stdin: once written, the program may have started.
             program_at = len(data) - (len(payload) - spec.files_bytes)
-            spool = self.spool
-            on_program = (lambda: watchdog.mark_started(spool, spec.sandbox_id)) if spool is not None else None
+            on_program = functools.partial(self._program_started, spec.sandbox_id)
             writer = threading.Thread(target=send_input, args=(raw, data, program_at, on_program), daemon=True)
             writer.start()
             try:
@@ -345,6 +345,12 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - an engine that cannot say is an engine in trouble
             return f"the engine could not be asked: {type(e).__name__}"
         return ""
+
+    def _program_started(self, sandbox_id: str) -> None:
+        """All the prologue needs is written: the program may run from now on (one log line a run)."""
+        if self.spool is not None:
+            watchdog.mark_started(self.spool, sandbox_id)
+        log(logger, "sandbox.started", sandbox_id=sandbox_id, server=self.server)
 
     def _leave_deadline(self, cid: str, spec: RunSpec) -> None:
         assert self.spool is not None

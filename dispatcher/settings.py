@@ -33,7 +33,7 @@ class DispatcherSettings:
     # The fence (see ``dispatcher.duties``): past ``lease_s`` after its last acknowledged heartbeat was
     # sent, the dispatcher kills what it runs; ``kill_s`` is the most that kill may take.
     lease_s: float | None = None  # None: derived from the heartbeat TTL (``fence_plan``)
-    kill_s: float = 3.0
+    kill_s: float = 2.0
     spool_dir: str = ""  # finished results and deadline files on this host ("" : <state dir>/spool/<server>)
     # For an ssh:// Docker URL: the private key and the known hosts file (default: ~/.ssh's).
     ssh_identity: str | None = None
@@ -64,7 +64,7 @@ class DispatcherSettings:
             pool_size=_opt_int(env, "OPENDEVELOP_POOL", 0, 64),
             instance=secrets.token_hex(4),
             lease_s=env_float(env, "OPENDEVELOP_LEASE", 0.0, 0.0, 3600.0) or None,
-            kill_s=env_float(env, "OPENDEVELOP_KILL_WORST", 3.0, 0.5, 60.0),
+            kill_s=env_float(env, "OPENDEVELOP_KILL_WORST", 2.0, 0.5, 60.0),
             spool_dir=env.get("OPENDEVELOP_SPOOL", "").strip()
             or str(Path(env.get("OPENDEVELOP_STATE_DIR") or PROJECT_ROOT / ".opendevelop") / "spool" / server),
             ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
