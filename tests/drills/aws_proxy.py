@@ -23,7 +23,8 @@ Control, on the same port (requests under ``/__drill__/``, never forwarded):
 ``POST /__drill__/fault?service=S&mode=M[&action=A][&contains=TEXT]`` adds a
 rule (``service=*`` for every service), ``POST /__drill__/clear`` lifts them
 all, ``GET /__drill__/stats`` answers ``{"requests": {"sqs:SendMessage": n,
-...}, "faulted": {...}}`` counted since the start.
+...}, "faulted": {...}}`` counted since the start, and
+``GET /__drill__/timeline?since=EPOCH`` every request's time and kind.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -62,6 +64,7 @@ class Proxy:
         self.requests: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()
         self.held: set[asyncio.StreamWriter] = set()
+        self.timeline: list[tuple[float, str]] = []  # (time, "service:action") of every request
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -87,6 +90,7 @@ class Proxy:
                 action = headers.get("x-amz-target", "").rsplit(".", 1)[-1] if "x-amz-target" in headers else method
                 key = f"{service}:{action}"
                 self.requests[key] += 1
+                self.timeline.append((time.time(), key))
                 rule = next((r for r in self.rules if r.matches(service, action, body)), None)
                 if rule is not None:
                     self.faulted[f"{key}:{rule.mode}"] += 1
@@ -133,8 +137,12 @@ class Proxy:
             body = json.dumps({"__type": "ServiceUnavailable", "message": f"drill: {service} fails"}).encode()
             kind = b"application/x-amz-json-1.0"
         writer.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: " + kind + b"\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+            + kind
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
         )
         await writer.drain()
         return True
@@ -151,6 +159,9 @@ class Proxy:
                 self.rules.append(rule)
         elif url.path == "/__drill__/clear" and method == "POST":
             self.rules.clear()
+        elif url.path == "/__drill__/timeline":
+            since = float(query.get("since", "0"))
+            answer = {"timeline": [entry for entry in self.timeline if entry[0] >= since]}
         elif url.path == "/__drill__/stats":
             answer = {"requests": dict(self.requests), "faulted": dict(self.faulted), "held": len(self.held)}
         else:

@@ -7,7 +7,8 @@ drill disturbs it, checks what became of its sandboxes (``drill.Drill``) and
 hands it back restored (``DrillStack.restore``).  At the end the session
 prints the results table: per drill, the outcome, the final states, the starts
 per sandbox and the seconds from the fault to the last final state.
-``DRILLS_RESULTS=path.json`` also writes it as JSON.
+``DRILLS_RESULTS=path.json`` also writes it as JSON; ``DRILLS_LOGS=folder``
+keeps the stack's logs there.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillStack]:
     except Exception as e:
         pytest.fail(f"the drills need the Docker engine at {DOCKER_URL} and {BASE_IMAGE} ({e}): run `make host`")
     name = f"dr{secrets.token_hex(3)}"
-    with drill_stack(tmp_path_factory.mktemp(name), name) as running:
+    # pytest keeps only its last three temporary folders, which other test runs on the machine may
+    # rotate away mid-session: DRILLS_LOGS=folder keeps this session's logs there instead.
+    keep = os.environ.get("DRILLS_LOGS")
+    base = Path(keep) / name if keep else tmp_path_factory.mktemp(name)
+    with drill_stack(base, name) as running:
         yield running
 
 

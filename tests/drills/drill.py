@@ -9,7 +9,8 @@ expects of each), marks the moment of its fault with ``fault()``, waits with
   outage;
 * from the engines' events: never two runs at once, no start after a run that
   completed, no container alive more than 5 s past its deadline;
-* a ``terminated`` result holds exactly one start token (one run's output);
+* a ``terminated`` result holds exactly one start token (one run's output),
+  and, unless it timed out, the whole run: return code 0 and ``done``;
 
 then records a row of the results table (outcome, starts, seconds to final)
 and fails with every broken promise found, not just the first.
@@ -17,6 +18,7 @@ and fails with every broken promise found, not just the first.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -47,6 +49,7 @@ class StateLog:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     errors: int = 0
+    interval_s: float = 0.25
 
     def add(self, sandbox_id: str) -> None:
         with self._lock:
@@ -56,7 +59,7 @@ class StateLog:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(self.interval_s):
             self.poll()
 
     def poll(self) -> None:
@@ -191,10 +194,13 @@ class Drill:
             if status not in self.expected[sandbox_id]:
                 why = f" ({row.error})" if row is not None and row.error else ""
                 self.find(f"{sandbox_id}: ended {status}{why}, expected {'/'.join(self.expected[sandbox_id])}")
-            if status == "terminated" and row is not None and row.stdout is not None:
-                tokens = (row.stdout or "").count("start ")
+            if status == "terminated" and row is not None and not row.output_key:
+                stdout = row.stdout or ""
+                tokens = stdout.count("start ")
                 if tokens != 1:
                     self.find(f"{sandbox_id}: its result holds {tokens} start tokens")
+                elif not row.timed_out and (row.return_code != 0 or not stdout.rstrip().endswith("done")):
+                    self.find(f"{sandbox_id}: its result is not a whole run (return code {row.return_code})")
         starts = [self.stack.events.starts(i) for i in self.ids]
         self.record(finals, starts, seconds)
         assert not self.findings, f"{self.name}: {len(self.findings)} broken promise(s):\n  " + "\n  ".join(
@@ -224,20 +230,16 @@ class Drill:
 
         self.states.stop()
         for sandbox_id in self.ids:
-            try:
+            with contextlib.suppress(Exception):  # final already, or gone
                 Sandbox(sandbox_id).update(
                     actions=[Sandbox.status.set("cancelled"), Sandbox.finished_at.set(utcnow())],
                     condition=Sandbox.status.is_in("queued", "running"),
                 )
-            except Exception:
-                pass  # final already, or gone
         import docker
 
         for url in self.stack.engines.values():
-            try:
+            with contextlib.suppress(Exception):  # an engine gone with its containers
                 client = docker.APIClient(base_url=url, timeout=20)
                 for sandbox_id in self.ids:
                     for container in client.containers(all=True, filters={"name": f"od-{sandbox_id}"}):
                         client.remove_container(container["Id"], force=True)
-            except Exception:
-                pass

@@ -17,6 +17,7 @@ happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,11 +78,17 @@ class Engine:
             )
             self.mounted = True
         config = self.dir / "daemon.json"  # not the machine's /etc/docker/daemon.json
-        config.write_text(json.dumps({"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}}))
+        config.write_text(
+            json.dumps({"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}})
+        )
         self._log = open(self.log_path, "ab")
+        # Started through a link of another name: tools (and other tests on this machine) that look
+        # for "the" engine's process by its name, `dockerd`, must not find and restart this one.
+        exe = self.dir / "od-dockerd"
+        exe.symlink_to(shutil.which("dockerd") or "/usr/sbin/dockerd")
         self.proc = subprocess.Popen(
             [
-                "dockerd",
+                str(exe),
                 f"--config-file={config}",
                 f"--host={self.url}",
                 f"--data-root={self.data}",
@@ -153,20 +160,17 @@ class Engine:
 
     # Teardown
 
-    def stop(self) -> None:
-        """Remove its containers, stop the daemon (SIGKILL after 20 s), unmount, remove the folder."""
+    def stop(self, keep_log: Path | None = None) -> None:
+        """Remove its containers, stop the daemon (SIGKILL after 20 s), unmount, remove the folder
+        (its log copied to ``keep_log`` first, when given)."""
         if self.proc is not None:
             self.resume()
             if self.proc.poll() is None:
-                try:
+                with contextlib.suppress(Exception):  # an engine that does not answer is stopped all the same
                     api = self.client(timeout=10)
                     for container in api.containers(all=True):
-                        try:
+                        with contextlib.suppress(Exception):
                             api.remove_container(container["Id"], force=True)
-                        except Exception:
-                            pass
-                except Exception:
-                    pass
                 self.proc.terminate()
                 try:
                     self.proc.wait(20)
@@ -176,6 +180,8 @@ class Engine:
             _kill_left_under(self.exec_root)
         if self._log is not None:
             self._log.close()
+        if keep_log is not None and self.log_path.exists():
+            shutil.copyfile(self.log_path, keep_log)
         self._unmount_all()
         shutil.rmtree(self.dir, ignore_errors=True)
 

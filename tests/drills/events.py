@@ -15,6 +15,7 @@ alive more than ``GRACE_S`` past its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -126,10 +127,8 @@ class EventWatcher:
         with self._lock:
             streams = list(self._streams)
         for stream in streams:
-            try:
+            with contextlib.suppress(Exception):
                 stream.close()
-            except Exception:
-                pass
 
     # What was seen
 
@@ -186,7 +185,9 @@ class EventWatcher:
                             f"{sandbox_id}: two runs at once ({run.engine} from {run.started:.1f}, "
                             f"{later.engine} from {later.started:.1f})"
                         )
-                    elif run.completed(timeout_s):
+                if i + 1 < len(runs) and run.ended is not None and run.completed(timeout_s):
+                    later = runs[i + 1]
+                    if later.started >= run.ended:
                         found.append(
                             f"{sandbox_id}: started again on {later.engine} {later.started - run.ended:.1f} s after "
                             f"a run on {run.engine} had completed (exit {run.exit_code})"

@@ -70,6 +70,11 @@ class AwsProxy:
     def clear(self) -> None:
         requests.post(f"{self.url}/__drill__/clear", timeout=5).raise_for_status()
 
+    def timeline(self, since: float) -> list[tuple[float, str]]:
+        """(epoch time, "service:action") of every request since ``since``."""
+        data = requests.get(f"{self.url}/__drill__/timeline", params={"since": since}, timeout=10).json()
+        return [(float(t), str(k)) for t, k in data["timeline"]]
+
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = requests.get(f"{self.url}/__drill__/stats", timeout=5).json()
         return data
@@ -111,7 +116,8 @@ class DrillStack(Stack):
     def start_proxy(self, role: str) -> AwsProxy:
         port = free_port()
         proc = self.spawn(
-            f"aws-proxy-{role}", [sys.executable, str(Path(__file__).with_name("aws_proxy.py")), str(port), str(self.moto_port)]
+            f"aws-proxy-{role}",
+            [sys.executable, str(Path(__file__).with_name("aws_proxy.py")), str(port), str(self.moto_port)],
         )
         deadline = time.monotonic() + 10
         while "up" not in self.log(f"aws-proxy-{role}").read_text():
@@ -143,7 +149,8 @@ class DrillStack(Stack):
         if wait:
             deadline = time.monotonic() + 40
             while log.read_text().count('"dispatcher.ready"') <= ready_before:
-                assert proc.poll() is None, f"dispatcher {server} exited with {proc.returncode}: {log.read_text()[-1500:]}"
+                tail = log.read_text()[-1500:]
+                assert proc.poll() is None, f"dispatcher {server} exited with {proc.returncode}: {tail}"
                 assert time.monotonic() < deadline, f"dispatcher {server} not ready after 40 s"
                 time.sleep(0.1)
         return proc
@@ -248,6 +255,52 @@ class DrillStack(Stack):
         with _create_lock, mock.patch.object(sandboxes, "choose_server", lambda *a, **k: server):
             return str(sandboxes.create(settings, app, req).sandbox_id)
 
+    def create_many(
+        self, count: int, cmd: list[str], timeout_s: float, on: tuple[str, ...] = (), wake: bool = True
+    ) -> list[str]:
+        """``count`` sandboxes made by the API's own code, stored and woken in batches (25 rows, 10 messages
+        a request) instead of one request each: the API's rows and wake-ups, at a backlog's pace.
+
+        ``on``: the servers (keys) to place them on, in turn; ``wake`` False: no wake-up is sent.
+        """
+        from chalicelib import aws, sandboxes
+        from chalicelib.models import App, DockerServer, Sandbox
+        from chalicelib.validation import parse_request
+
+        settings = self.settings()
+        body = json.dumps({"image": "base", "cmd": cmd, "timeout": timeout_s}).encode()
+        req = parse_request("application/json", body, settings)
+        app = App.get(self.demo["app_id"])
+        rows: list[Any] = []
+        wakeups: dict[str, list[str]] = {}
+        with (
+            _create_lock,
+            mock.patch.object(Sandbox, "save", lambda row, *a, **k: rows.append(row)),
+            mock.patch.object(aws, "send_wakeup", lambda s, url, sid, **k: wakeups.setdefault(url, []).append(sid)),
+        ):
+            if on:
+                servers = [DockerServer.get(self.servers[key]) for key in on]
+                for i in range(count):
+                    server = servers[i % len(servers)]
+                    with mock.patch.object(sandboxes, "choose_server", lambda *a, server=server, **k: server):
+                        sandboxes.create(settings, app, req)
+            else:
+                for _ in range(count):
+                    sandboxes.create(settings, app, req)
+        with Sandbox.batch_write() as batch:
+            for row in rows:
+                batch.save(row)
+        sqs = aws.sqs(settings)
+        for url, ids in wakeups.items() if wake else ():
+            for i in range(0, len(ids), 10):
+                batch_ids = ids[i : i + 10]
+                entries = [
+                    {"Id": str(n), "MessageBody": json.dumps({"sandbox_id": sid})} for n, sid in enumerate(batch_ids)
+                ]
+                failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+                assert not failed, failed
+        return [str(row.sandbox_id) for row in rows]
+
 
 _create_lock = threading.Lock()
 
@@ -308,5 +361,4 @@ def drill_stack(base: Path, name: str) -> Iterator[DrillStack]:
         import docker
 
         remove_containers(docker.DockerClient(base_url=DOCKER_URL, timeout=30), stack.servers["a"])
-        engine.stop()
-
+        engine.stop(keep_log=stack.log_dir / f"dockerd-{engine.name}.log" if stack.log_dir else None)
