@@ -6,7 +6,8 @@ reconciler, every process reaching AWS through a fault proxy of its own.  Each
 drill disturbs it, checks what became of its sandboxes (``drill.Drill``) and
 hands it back restored (``DrillStack.restore``).  At the end the session
 prints the results table: per drill, the outcome, the final states, the starts
-per sandbox and the seconds from the fault to the last final state.
+per sandbox and the seconds from the fault to the last final state (">N": not
+all final when the drill stopped waiting, N seconds after its fault).
 ``DRILLS_RESULTS=path.json`` also writes it as JSON; ``DRILLS_LOGS=folder``
 keeps the stack's logs there.
 """
@@ -98,7 +99,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for row in RESULTS:
         finals = ", ".join(f"{k}x{v}" for k, v in sorted(row["finals"].items()))
         starts = ",".join(str(s) for s in row["starts"])
-        write(f"{row['drill'][:44]:44} {row['outcome']:8} {finals[:28]:28} {starts[:16]:16} {row['seconds']:>10}")
+        seconds = f">{row['seconds']:g}" if row.get("unfinished") else f"{row['seconds']:g}"
+        write(f"{row['drill'][:44]:44} {row['outcome']:8} {finals[:28]:28} {starts[:16]:16} {seconds:>10}")
         for finding in row["findings"]:
             write(f"    - {finding[:200]}")
         for note in row["notes"]:

@@ -179,14 +179,20 @@ class Drill:
         self.findings += violations
         finals: Counter[str] = Counter()
         seconds = 0.0
+        unfinished = False
         for sandbox_id in self.ids:
             status = self.states.status(sandbox_id)
             row = self.states.rows.get(sandbox_id)
             finals[status] += 1
             at = self.states.final_at(sandbox_id)
             if at is None:
-                self.find(f"{sandbox_id}: not final, still {status}, {time.monotonic() - since:.0f} s after the fault")
+                done = [r for r in self.stack.events.runs(sandbox_id) if r.ended is not None and r.exit_code == 0]
+                lost = f" (a run of it exited 0 on {done[0].engine}: that result was not kept)" if done else ""
+                self.find(
+                    f"{sandbox_id}: not final, still {status}, {time.monotonic() - since:.0f} s after the fault{lost}"
+                )
                 seconds = max(seconds, time.monotonic() - since)
+                unfinished = True
                 continue
             seconds = max(seconds, at - since)
             if len(set(self.states.finals(sandbox_id))) > 1:
@@ -202,12 +208,14 @@ class Drill:
                 elif not row.timed_out and (row.return_code != 0 or not stdout.rstrip().endswith("done")):
                     self.find(f"{sandbox_id}: its result is not a whole run (return code {row.return_code})")
         starts = [self.stack.events.starts(i) for i in self.ids]
-        self.record(finals, starts, seconds)
+        self.record(finals, starts, seconds, unfinished=unfinished)
         assert not self.findings, f"{self.name}: {len(self.findings)} broken promise(s):\n  " + "\n  ".join(
             self.findings
         )
 
-    def record(self, finals: Counter[str], starts: list[int], seconds: float, error: str = "") -> None:
+    def record(
+        self, finals: Counter[str], starts: list[int], seconds: float, error: str = "", unfinished: bool = False
+    ) -> None:
         if self.recorded:
             return
         self.recorded = True
@@ -219,6 +227,7 @@ class Drill:
                 "finals": dict(finals),
                 "starts": starts,
                 "seconds": round(seconds, 1),
+                "unfinished": unfinished or bool(error),  # seconds is then how long the drill waited
                 "findings": self.findings + ([error] if error else []),
                 "notes": self.notes,
             }

@@ -367,3 +367,4 @@ def drill_stack(base: Path, name: str) -> Iterator[DrillStack]:
 
         remove_containers(docker.DockerClient(base_url=DOCKER_URL, timeout=30), stack.servers["a"])
         engine.stop(keep_log=stack.log_dir / f"dockerd-{engine.name}.log" if stack.log_dir else None)
+        (base / "base-image.tar").unlink(missing_ok=True)

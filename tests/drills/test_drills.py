@@ -439,7 +439,7 @@ def test_k_a_malformed_row_does_not_stop_the_reconciler(drill: Drill, stack: Dri
 
 
 BACKLOG = int(os.environ.get("DRILLS_BACKLOG", "2000"))
-BACKLOG_RUN = min(BACKLOG, int(os.environ.get("DRILLS_BACKLOG_RUN", "200")))
+BACKLOG_RUN = min(BACKLOG, int(os.environ.get("DRILLS_BACKLOG_RUN", "120")))
 
 
 def passes(timeline: list[tuple[float, str]]) -> list[dict[str, Any]]:
@@ -465,7 +465,7 @@ def queued_count() -> int:
 @pytest.mark.timeout(600)
 def test_l_a_backlog_of_queued_sandboxes(drill: Drill, stack: DrillStack) -> None:
     """2,000 sandboxes queued (DRILLS_BACKLOG): the reconciler's work per pass grows at most linearly
-    with the backlog, at 1/4, 1/2 and all of it; then DRILLS_BACKLOG_RUN of them (200 by default: this
+    with the backlog, at 1/4, 1/2 and all of it; then DRILLS_BACKLOG_RUN of them (120 by default: this
     machine runs about 4 sandboxes a second) run, each once, while the reconciler's sends per pass are
     counted against the backlog of that moment.
 
