@@ -443,7 +443,8 @@ BACKLOG_RUN = min(BACKLOG, int(os.environ.get("DRILLS_BACKLOG_RUN", "120")))
 
 
 def passes(timeline: list[tuple[float, str]]) -> list[dict[str, Any]]:
-    """The reconciler's passes in its requests: each begins with its one Scan of the servers."""
+    """The reconciler's whole passes in its requests: each begins with its one Scan of the servers
+    (requests before the first Scan belong to a pass begun earlier, and are left out)."""
     found: list[dict[str, Any]] = []
     for at, key in timeline:
         if key == "dynamodb:Scan":
@@ -465,7 +466,7 @@ def queued_count() -> int:
 @pytest.mark.timeout(600)
 def test_l_a_backlog_of_queued_sandboxes(drill: Drill, stack: DrillStack) -> None:
     """2,000 sandboxes queued (DRILLS_BACKLOG): the reconciler's work per pass grows at most linearly
-    with the backlog, at 1/4, 1/2 and all of it; then DRILLS_BACKLOG_RUN of them (120 by default: this
+    with the backlog, measured at 1/4 of it and all of it; then DRILLS_BACKLOG_RUN of them (120 by default: this
     machine runs about 4 sandboxes a second) run, each once, while the reconciler's sends per pass are
     counted against the backlog of that moment.
 
@@ -486,26 +487,28 @@ def test_l_a_backlog_of_queued_sandboxes(drill: Drill, stack: DrillStack) -> Non
             stack.stop(dispatcher_name(stack, key))  # a warm stop clears the heartbeat: both are down
         run_ids = stack.create_many(BACKLOG_RUN, cmd, 10, on=("a", "b"))
         measured = []
-        for size in (BACKLOG // 4, BACKLOG // 2, BACKLOG):
+        for size in (BACKLOG // 4, BACKLOG):
             more = size - BACKLOG_RUN - len(parked_ids)
             if more > 0:
                 parked_ids += stack.create_many(more, cmd, 10, on=("p",), wake=False)
+            # The rows are in before `since`: the first whole pass after it sees all of them.
             since = time.time()
             deadline = time.monotonic() + 60
-            while len(seen := passes(proxy.timeline(since))) < 3:
-                assert time.monotonic() < deadline, f"fewer than 3 reconciler passes in 60 s at a backlog of {size}"
+            while not (seen := passes(proxy.timeline(since))) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            seen = seen[1:]  # the first may have begun before the backlog grew
-            work = max(p["requests"] for p in seen)
-            measured.append((max(size, BACKLOG_RUN), work, max(p["seconds"] for p in seen)))
+            if not seen:
+                drill.find(f"no reconciler pass over a backlog of {size} ended within 60 s: work per pass not measured")
+                continue
+            measured.append((max(size, BACKLOG_RUN), seen[0]["requests"], seen[0]["seconds"]))
         drill.note(
             "reconciler per pass at a backlog of " + ", ".join(f"{n}: {r} requests, {s:.1f} s" for n, r, s in measured)
         )
-        (small, small_work, _), (large, large_work, _) = measured[0], measured[-1]
-        if large_work > 1.5 * small_work * large / small:
-            drill.find(
-                f"requests per pass grew faster than the backlog: {small_work} at {small}, {large_work} at {large}"
-            )  # noqa: E501
+        if len(measured) == 2:
+            (small, small_work, _), (large, large_work, _) = measured
+            if large_work > 1.5 * small_work * large / small:
+                drill.find(
+                    f"requests per pass grew faster than the backlog: {small_work} at {small}, {large_work} at {large}"
+                )  # noqa: E501
         with Sandbox.batch_write() as batch:
             for sandbox_id in parked_ids:
                 batch.delete(Sandbox(sandbox_id))
