@@ -6,13 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench dev test venv host unit functional integration lint format clean
+.PHONY: bench dev test venv host unit functional integration drills lint format clean
 
 dev: venv host
 	$(PY) -m infra.local.dev
 
+# The drills (tests/drills) are not part of it: they record what the platform does under faults
+# (several fail until issue #11 is done) and take minutes; `make drills` runs them.
 test: venv host
-	$(PY) -m pytest tests clients/python/tests
+	$(PY) -m pytest tests clients/python/tests --ignore=tests/drills
 
 unit: venv
 	$(PY) -m pytest tests/unit clients/python/tests
@@ -22,6 +24,10 @@ functional: venv
 
 integration: venv host
 	$(PY) -m pytest tests/integration
+
+# Fault drills of "one run, one result" (issue #11) on the real local stack; prints a results table.
+drills: venv host
+	$(PY) -m pytest tests/drills
 
 # One deployable CloudFormation template: Chalice's (API, functions, schedules) merged with
 # infra/aws/resources.yaml (tables, bucket, key, IAM), linted.  Needs no AWS account.
