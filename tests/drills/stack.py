@@ -241,7 +241,7 @@ class DrillStack(Stack):
 
     def create(self, cmd: list[str], timeout_s: float, on: str | None = None, **fields: Any) -> str:
         """A sandbox made by the API's own code (``chalicelib.sandboxes.create``), on server ``on`` when given."""
-        from chalicelib import sandboxes
+        from chalicelib import context, sandboxes, scheduling
         from chalicelib.models import App, DockerServer
         from chalicelib.validation import parse_request
 
@@ -250,10 +250,10 @@ class DrillStack(Stack):
         req = parse_request("application/json", body, settings)
         app = App.get(self.demo["app_id"])
         if on is None:
-            return str(sandboxes.create(settings, app, req).sandbox_id)
+            return str(sandboxes.create(context.for_settings(settings), app, req).sandbox_id)
         server = DockerServer.get(self.servers[on])
-        with _create_lock, mock.patch.object(sandboxes, "choose_server", lambda *a, **k: server):
-            return str(sandboxes.create(settings, app, req).sandbox_id)
+        with _create_lock, mock.patch.object(scheduling, "choose_server", lambda *a, **k: server):
+            return str(sandboxes.create(context.for_settings(settings), app, req).sandbox_id)
 
     def create_many(
         self, count: int, cmd: list[str], timeout_s: float, on: tuple[str, ...] = (), wake: bool = True
@@ -263,7 +263,7 @@ class DrillStack(Stack):
 
         ``on``: the servers (keys) to place them on, in turn; ``wake`` False: no wake-up is sent.
         """
-        from chalicelib import aws, sandboxes
+        from chalicelib import aws, context, sandboxes, scheduling
         from chalicelib.models import App, DockerServer, Sandbox
         from chalicelib.validation import parse_request
 
@@ -282,11 +282,11 @@ class DrillStack(Stack):
                 servers = [DockerServer.get(self.servers[key]) for key in on]
                 for i in range(count if wake else min(count, 1)):
                     server = servers[i % len(servers)]
-                    with mock.patch.object(sandboxes, "choose_server", lambda *a, server=server, **k: server):
-                        sandboxes.create(settings, app, req)
+                    with mock.patch.object(scheduling, "choose_server", lambda *a, server=server, **k: server):
+                        sandboxes.create(context.for_settings(settings), app, req)
             else:
                 for _ in range(count if wake else min(count, 1)):
-                    sandboxes.create(settings, app, req)
+                    sandboxes.create(context.for_settings(settings), app, req)
         if not wake and rows:  # rows nobody runs: one made by the API's code, the rest its copies
             from chalicelib.auth import new_id
 
