@@ -244,8 +244,8 @@ def download(settings: Settings, app: App, sandbox_id: str, stream: str, range_h
 
 
 # How often a held live tail looks for new output, and (in polls) re-reads the row.
-TAIL_POLL_S = 0.2
-TAIL_ROW_EVERY = 5
+TAIL_POLL_S = 0.1
+TAIL_ROW_EVERY = 10
 
 
 def tail(settings: Settings, app: App, sandbox_id: str, stream: str, offset: int, wait_s: float) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """A running sandbox's output, made visible while it runs.
 
 The engine writes each stream into the run's spool folder as it comes (see
-``attach.Capture``).  ``Live`` looks at those files every ``TICK_S`` and puts
-what is new of each stream into S3 as one more chunk,
+``attach.Capture``).  ``Live`` looks at those files every ``LOOK_S`` and puts
+what is new of a stream into S3 as one more chunk, at most once per ``TICK_S``
+per stream (so a line shows within ``LOOK_S`` after a quiet spell, and a steady
+writer costs at most four writes a second per stream),
 ``sandboxes/<id>/live/<stream>/<offset>`` (``chalicelib.output.live_key``),
 so the API can answer downloads and the live tail (``/logs?offset=``) before
 the run ends.  A tick writes at most one chunk per stream of at most
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from chalicelib import aws, output
@@ -26,6 +29,7 @@ from chalicelib.settings import Settings
 logger = logging.getLogger("opendevelop.dispatcher")
 
 TICK_S = 0.25
+LOOK_S = 0.05  # a stat of three files: cheap
 
 
 class Live(threading.Thread):
@@ -36,18 +40,22 @@ class Live(threading.Thread):
         self.folder = folder
         self.tick_s = tick_s
         self.sent = dict.fromkeys(output.STREAMS, 0)
+        self.last = dict.fromkeys(output.STREAMS, -tick_s)  # when each stream's last chunk went
         self.chunks = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.tick_s):
+        while not self._stop_event.wait(min(LOOK_S, self.tick_s)):
             try:
                 self.tick()
             except Unavailable as e:  # S3 away: the next tick tries again; the result does not depend on it
                 log(logger, "live.upload_failed", logging.WARNING, sandbox_id=self.sandbox_id, error=str(e)[:300])
 
     def tick(self) -> None:
+        now = time.monotonic()
         for stream in output.STREAMS:
+            if now - self.last[stream] < self.tick_s:
+                continue
             path = self.folder / stream
             try:
                 size = path.stat().st_size
@@ -61,6 +69,7 @@ class Live(threading.Thread):
                 data = f.read(min(size - start, output.CHUNK_BYTES))
             aws.put_object(self.settings, output.live_key(self.sandbox_id, stream, start), data)
             self.sent[stream] = start + len(data)
+            self.last[stream] = now
             self.chunks += 1
 
     def stop(self) -> None:

@@ -127,7 +127,7 @@ def running(world: Any) -> str:
 
 def test_the_live_tail_reads_a_running_sandbox_then_its_recorded_output(world, tmp_path):
     sandbox_id = running(world)
-    live = Live(world.settings, sandbox_id, tmp_path)
+    live = Live(world.settings, sandbox_id, tmp_path, tick_s=0)
     (tmp_path / "stdout").write_bytes(b"one\n\xc3")  # the first byte of "é"
     (tmp_path / "logs").write_bytes(b"one\n\xc3")
     live.tick()

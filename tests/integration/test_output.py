@@ -104,24 +104,61 @@ def peak_rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
-def test_memory_stays_bounded_while_floods_run(client: Client, stack: RunningStack) -> None:
-    """Two programs each writing 10 MiB of random bytes to stdout and 10 MiB to stderr, at once."""
-    procs = {
-        name: proc.pid for name, proc in stack.stack.procs.items() if name in ("aws", "api") or "dispatcher" in name
-    }
-    before = {name: peak_rss_kb(pid) for name, pid in procs.items()}
-    cmd = ["head -c 10485760 /dev/urandom > /tmp/r", "cat /tmp/r", "cat /tmp/r >&2"]
-    with ThreadPoolExecutor(2) as pool:
-        sandboxes = list(pool.map(lambda _: done(client, cmd, output_kb="10240", timeout="60"), range(2)))
-    grown = {name: (peak_rss_kb(pid) - before[name]) // 1024 for name, pid in procs.items()}
+FLOOD = (
+    "python3 -c 'import random, sys; random.seed({seed}); data = random.randbytes(10 * 2**20); "
+    "sys.stdout.buffer.write(data); sys.stdout.flush(); sys.stderr.buffer.write(data[::-1])'"
+)
 
-    for sandbox in sandboxes:
-        assert (sandbox["stdout_bytes"], sandbox["stderr_bytes"]) == (10 * MIB, 10 * MIB)
-        assert sandbox["output_truncated"] is False
-        answer = client.get(f"/api/sandboxes/{sandbox['id']}")
-        assert len(answer.content) <= MIB
-        assert download(client, sandbox["id"], "stdout") == download(client, sandbox["id"], "stderr")
-    print(f"peak RSS growth (MiB) while 2 x 20 MiB floods ran: {grown}")
-    for name in procs:
-        if name != "aws":  # moto keeps what it stores; see the README's bench for its figure
-            assert grown[name] <= 64, grown
+
+def test_memory_stays_bounded_while_floods_run(tmp_path: Path) -> None:
+    """The issue's figures: 4 programs at once, each writing 10 MiB to stdout and 10 MiB to stderr."""
+    import random
+
+    from .conftest import running_stack
+
+    with running_stack(tmp_path, f"fl{secrets.token_hex(3)}", slots=4) as stack:
+        client = stack.client
+        warm = done(client, ["echo warm; head -c 100000 /dev/urandom"])  # every code path loaded once
+        download(client, warm["id"], "stdout")
+        client.get(f"/api/sandboxes/{warm['id']}/logs")
+        procs = {name: proc.pid for name, proc in stack.stack.procs.items()}
+        before = {name: peak_rss_kb(pid) for name, pid in procs.items()}
+        with ThreadPoolExecutor(4) as pool:
+            sandboxes = list(
+                pool.map(
+                    lambda seed: done(client, [FLOOD.format(seed=seed)], output_kb="10240", timeout="60"), range(4)
+                )
+            )
+        grown = {name: (peak_rss_kb(pid) - before[name]) // 1024 for name, pid in procs.items()}
+
+        for seed, sandbox in enumerate(sandboxes):
+            data = random.Random(seed).randbytes(10 * MIB)
+            assert (sandbox["stdout_bytes"], sandbox["stderr_bytes"]) == (10 * MIB, 10 * MIB)
+            assert sandbox["output_truncated"] is False
+            assert len(client.get(f"/api/sandboxes/{sandbox['id']}").content) <= MIB
+            assert hashlib.sha256(download(client, sandbox["id"], "stdout")).digest() == hashlib.sha256(data).digest()
+            assert download(client, sandbox["id"], "stderr") == data[::-1]
+        page = client.get("/api/sandboxes", params={"limit": "100"})
+        assert len(page.content) <= MIB
+        print(f"peak RSS growth (MiB) while 4 x (10 + 10) MiB floods ran: {grown}")
+        for name in procs:
+            if name != "aws":  # moto keeps what it stores in memory: a stand-in for S3, not part of the platform
+                assert grown[name] <= 64, grown
+
+
+def test_the_live_tail_answers_within_a_fraction_of_a_second(client: Client) -> None:
+    """Each line carries the time it was written; the tail's answer is timed on arrival (one host, one clock)."""
+    program = "python3 -u -c 'import time\nfor i in range(20):\n    print(time.time(), flush=True); time.sleep(0.3)'"
+    sandbox_id = client.submit([program], timeout="30")
+    delays: list[float] = []
+    offset, finished = 0, False
+    while not finished:
+        answer = client.get(f"/api/sandboxes/{sandbox_id}/logs", params={"offset": offset, "wait": 10}).json()
+        now = time.time()
+        delays += [now - float(line) for line in answer["data"].split()]
+        offset, finished = answer["next"], answer["done"]
+    delays.sort()
+    p50 = delays[len(delays) // 2]
+    print(f"live tail delay over {len(delays)} lines: p50 {p50 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
+    assert len(delays) == 20
+    assert p50 <= 0.5  # measured 180 ms here (README); the margin is for this shared machine
