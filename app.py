@@ -24,6 +24,8 @@ from chalicelib.validation import parse_request
 app = Chalice(app_name="opendevelop")
 # API Gateway must hand uploads over as bytes, untouched.
 app.api.binary_types.append("multipart/form-data")
+# Downloads answer bytes, untouched (the output, the artifacts).
+app.api.binary_types.extend(["application/octet-stream", "application/x-tar"])
 logger = logging.getLogger("opendevelop.api")
 
 
@@ -109,6 +111,39 @@ def show_sandbox(sandbox_id: str) -> Any:
     ctx = get_context()
     sandbox = sandboxes.wait_settled(ctx, owner, sandbox_id, query()["wait"])
     return sandboxes.show(ctx.settings, sandbox)
+
+
+@app.route("/api/sandboxes/{sandbox_id}/stdout", methods=["GET"])
+@api_view
+def download_stdout(sandbox_id: str) -> Any:
+    """The program's stdout, its exact bytes (or a redirect to them); honours ``Range``."""
+    return _download(sandbox_id, "stdout")
+
+
+@app.route("/api/sandboxes/{sandbox_id}/stderr", methods=["GET"])
+@api_view
+def download_stderr(sandbox_id: str) -> Any:
+    """The program's stderr, its exact bytes (or a redirect to them); honours ``Range``."""
+    return _download(sandbox_id, "stderr")
+
+
+@app.route("/api/sandboxes/{sandbox_id}/logs", methods=["GET"])
+@api_view
+def tail_logs(sandbox_id: str) -> Any:
+    """The live tail: the output's text from byte ``offset``, held up to ``wait`` s for something new."""
+    owner = current_app()
+    given = query()
+    return sandboxes.tail(get_context().settings, owner, sandbox_id, given["stream"], given["offset"], given["wait"])
+
+
+def _download(sandbox_id: str, stream: str) -> Response:
+    request = app.current_request
+    assert request is not None
+    owner = current_app()
+    got = sandboxes.download(get_context().settings, owner, sandbox_id, stream, request.headers.get("range"))
+    if got.location is not None:
+        return Response(body="", status_code=got.status, headers={"Location": got.location})
+    return Response(body=got.body, status_code=got.status, headers=got.headers)
 
 
 @app.route("/api/sandboxes/{sandbox_id}", methods=["DELETE"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -119,6 +120,12 @@ def ensure_bucket(settings: Settings) -> None:
 
 def put_object(settings: Settings, key: str, body: bytes) -> None:
     with translated("storing files"):
+        s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
+
+
+def put_file(settings: Settings, key: str, path: Path) -> None:
+    """Upload a file as it is on disk, read as it goes (never whole in memory)."""
+    with translated("storing output"), open(path, "rb") as body:
         s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
 
 

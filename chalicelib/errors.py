@@ -43,6 +43,18 @@ class Conflict(OpenDevelopError):
     code = "ConflictError"
 
 
+class Gone(OpenDevelopError):
+    """What was stored is no longer (expired or deleted), though the sandbox is still there."""
+
+    status = 410
+    code = "GoneError"
+
+
+class RangeNotSatisfiable(OpenDevelopError):
+    status = 416
+    code = "RangeNotSatisfiable"
+
+
 class PayloadTooLarge(OpenDevelopError):
     status = 413
     code = "RequestEntityTooLargeError"

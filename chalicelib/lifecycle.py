@@ -215,3 +215,8 @@ def suspect(sandbox_id: str, leaving: Condition, since: Any) -> bool:
 def requeue_dead_letter(sandbox_id: str, server: str) -> bool:
     """Still ``queued`` on ``server`` after its wake-up was dead-lettered: count it, to be woken again."""
     return _write(sandbox_id, [Sandbox.dead_letters.add(1), Sandbox.woken_at.set(utcnow())], queued_on(server))
+
+
+def output_gone(sandbox_id: str) -> bool:
+    """A finished sandbox whose stored output S3 no longer has (expired, deleted): say so in the row."""
+    return _write(sandbox_id, [Sandbox.output_gone.set(True)], Sandbox.status.is_in(*FINAL_STATES))

@@ -206,10 +206,18 @@ class Sandbox(_Base):
     started_at = UTCDateTimeAttribute(null=True)
     finished_at = UTCDateTimeAttribute(null=True)
     return_code = NumberAttribute(null=True)
+    # Each stream's first 64 KiB as text, its full size, and the streams stored as S3 objects
+    # because the text does not hold them exactly (see ``chalicelib.output``).
     stdout = UnicodeAttribute(null=True)
     stderr = UnicodeAttribute(null=True)
     logs = UnicodeAttribute(null=True)
-    output_key = UnicodeAttribute(null=True)  # S3 key when the output is too large for the row
+    stdout_bytes = NumberAttribute(null=True)
+    stderr_bytes = NumberAttribute(null=True)
+    logs_bytes = NumberAttribute(null=True)
+    output_objects = JSONAttribute(null=True)  # a list of stream names
+    inline_truncated = BooleanAttribute(default=False)  # some stream is longer than its inline text
+    output_gone = BooleanAttribute(default=False)  # a download found a stored stream missing
+    output_key = UnicodeAttribute(null=True)  # rows written before per-stream output: one JSON object
     timed_out = BooleanAttribute(default=False)
     oom_killed = BooleanAttribute(default=False)
     output_truncated = BooleanAttribute(default=False)

@@ -22,6 +22,7 @@ from typing import Any
 from chalicelib import errors
 from chalicelib.files import MAX_NAME_BYTES
 from chalicelib.models import SANDBOX_STATES
+from chalicelib.output import DOWNLOADS
 from chalicelib.params import QUERY
 from chalicelib.settings import Settings
 from chalicelib.validation import ENV_NAME, LIMIT_FIELDS, MAX_ENV, TEXT_FIELDS
@@ -41,6 +42,9 @@ OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/sandboxes", "POST"): (201, 400, 401, 413, 415, 429, 503),
     ("/api/sandboxes/{sandbox_id}", "GET"): (200, 400, 401, 404, 415, 503),
     ("/api/sandboxes/{sandbox_id}", "DELETE"): (200, 400, 401, 404, 409, 415, 503),
+    ("/api/sandboxes/{sandbox_id}/logs", "GET"): (200, 400, 401, 404, 410, 415, 503),
+    ("/api/sandboxes/{sandbox_id}/stdout", "GET"): (200, 206, 307, 400, 401, 404, 410, 415, 416, 503),
+    ("/api/sandboxes/{sandbox_id}/stderr", "GET"): (200, 206, 307, 400, 401, 404, 410, 415, 416, 503),
 }
 
 
@@ -56,6 +60,8 @@ _ERRORS: dict[int, tuple[type[errors.OpenDevelopError], str]] = {
     401: (errors.Unauthorized, "Missing or wrong credentials."),
     404: (errors.NotFound, "No such sandbox, or one that belongs to another app."),
     409: (errors.Conflict, "The sandbox has already finished: there is nothing left to cancel."),
+    410: (errors.Gone, "The sandbox is there, but its stored output has expired or was deleted (`output_gone`)."),
+    416: (errors.RangeNotSatisfiable, "The `Range` asked lies beyond the end of the stream."),
     413: (errors.PayloadTooLarge, "The request body is larger than the platform takes."),
     415: (errors.UnsupportedMediaType, "The Content-Type is not one this call takes."),
     429: (errors.QuotaExceeded, "The app is over its quota; try again later."),
@@ -228,14 +234,35 @@ def _sandbox_schema(settings: Settings) -> dict[str, Any]:
         "image": {"type": "string"},
         "cmd": {"type": "string", "description": 'The command lines as a JSON-encoded list: `["python test.py"]`.'},
         "return_code": _nullable({"type": "integer", "description": "The program's exit status, once terminated."}),
-        "logs": _nullable({"type": "string", "description": "stdout and stderr as they interleaved."}),
-        "stdout": _nullable({"type": "string"}),
-        "stderr": _nullable({"type": "string"}),
+        "logs": _nullable(
+            {"type": "string", "description": "stdout and stderr as they interleaved: the first 64 KiB, as text."}
+        ),
+        "stdout": _nullable(
+            {"type": "string", "description": "The first 64 KiB as text (UTF-8, invalid bytes replaced)."}
+        ),
+        "stderr": _nullable(
+            {"type": "string", "description": "The first 64 KiB as text (UTF-8, invalid bytes replaced)."}
+        ),
         "timeout": _nullable({"type": "number", "description": "The run's timeout in seconds."}),
         "limits": {"type": "object", "properties": limits, "description": "The limits this run got."},
         "timed_out": {"type": "boolean"},
         "oom_killed": {"type": "boolean"},
-        "output_truncated": {"type": "boolean"},
+        "output_truncated": {
+            "type": "boolean",
+            "description": "A stream reached `output_kb` and was cut there.",
+        },
+        "stdout_bytes": {"type": "integer", "minimum": 0, "description": "The stored stdout's full size."},
+        "stderr_bytes": {"type": "integer", "minimum": 0, "description": "The stored stderr's full size."},
+        "logs_bytes": {"type": "integer", "minimum": 0, "description": "The interleaved output's full size."},
+        "inline_truncated": {
+            "type": "boolean",
+            "description": "Some of `stdout`, `stderr`, `logs` is shorter than its stream (a list page shows "
+            "4 KiB of each, one sandbox 64 KiB): the whole is at `/stdout` and `/stderr`.",
+        },
+        "output_gone": {
+            "type": "boolean",
+            "description": "The stored output has expired or was deleted; the downloads answer 410.",
+        },
         "error": _nullable({"type": "string", "description": "Why the platform failed (status `error`)."}),
         "files": {"type": "integer", "minimum": 0, "description": "How many files were uploaded."},
         "created_at": time_,
@@ -413,6 +440,59 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "summary": "Cancel a sandbox that has not finished",
             "parameters": [_sandbox_id_parameter()],
             "responses": {"200": {"description": "The sandbox, cancelled.", "content": _json(sandbox)}},
+        },
+        ("/api/sandboxes/{sandbox_id}/logs", "GET"): {
+            "operationId": "tailLogs",
+            "summary": "The live tail: the output from a byte offset, while the sandbox runs and after",
+            "parameters": [_sandbox_id_parameter(), *_query_parameters("/api/sandboxes/{sandbox_id}/logs", "GET")],
+            "responses": {
+                "200": {
+                    "description": "The text from byte `offset` (at most 64 KiB of bytes; never a cut character); "
+                    "ask next from `next`; `done` once the sandbox has settled and all of it was answered.",
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "required": ["data", "offset", "next", "done"],
+                            "properties": {
+                                "data": {"type": "string"},
+                                "offset": {"type": "integer", "minimum": 0},
+                                "next": {"type": "integer", "minimum": 0},
+                                "done": {"type": "boolean"},
+                            },
+                        }
+                    ),
+                }
+            },
+        },
+        **{(f"/api/sandboxes/{{sandbox_id}}/{stream}", "GET"): _download_operation(stream) for stream in DOWNLOADS},
+    }
+
+
+def _download_operation(stream: str) -> dict[str, Any]:
+    octets = {
+        "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    }
+    return {
+        "operationId": f"get{stream.capitalize()}",
+        "summary": f"The program's {stream}: the exact bytes it wrote (so far, while it runs)",
+        "parameters": [
+            _sandbox_id_parameter(),
+            {
+                "name": "Range",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-100`).",
+            },
+        ],
+        "responses": {
+            "200": {"description": "The whole stream.", "content": octets},
+            "206": {"description": "The range asked for (`Content-Range`).", "content": octets},
+            "307": {
+                "description": "Stored outside the API: the `Location` is a short-lived URL of the bytes "
+                "(it honours `Range` too). Send no credentials there.",
+                "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+            },
         },
     }
 

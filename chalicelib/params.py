@@ -62,6 +62,31 @@ def parse_cursor(raw: str | None) -> str | None:
     return raw or None  # an empty cursor is the first page
 
 
+def parse_offset(raw: str | None) -> int:
+    """``?offset=N``: a byte offset into the stream."""
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("offset", f"{raw!r} is not a whole number of bytes") from None
+    if value < 0:
+        raise InvalidInput("offset", "must be 0 or more")
+    return value
+
+
+TAIL_STREAMS = ("logs", "stdout", "stderr")
+
+
+def parse_stream(raw: str | None) -> str:
+    """``?stream=``: which stream the live tail follows (``logs``, the two interleaved, by default)."""
+    if raw is None or raw == "":
+        return "logs"
+    if raw not in TAIL_STREAMS:
+        raise InvalidInput("stream", f"must be one of {', '.join(TAIL_STREAMS)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Param:
     """One query parameter: how it is read, and how it is documented (a JSON schema and a sentence)."""
@@ -91,6 +116,19 @@ QUERY: dict[tuple[str, str], dict[str, Param]] = {
             parse_wait,
             {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
             "Hold the request until the sandbox has finished or this many seconds pass.",
+        ),
+    },
+    ("/api/sandboxes/{sandbox_id}/logs", "GET"): {
+        "offset": Param(parse_offset, {"type": "integer", "minimum": 0, "default": 0}, "The byte to start from."),
+        "wait": Param(
+            parse_wait,
+            {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+            "Hold the request until there is output past `offset`, the sandbox has settled, or this many seconds pass.",
+        ),
+        "stream": Param(
+            parse_stream,
+            {"type": "string", "enum": list(TAIL_STREAMS), "default": "logs"},
+            "`logs` (stdout and stderr as they interleaved), `stdout` or `stderr`.",
         ),
     },
 }

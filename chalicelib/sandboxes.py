@@ -2,8 +2,7 @@
 
 The functions that use what the API keeps between requests (cached rows, the
 wait reader) take its ``Context`` (``chalicelib.context``).  ``to_json`` is a
-pure serializer: output that overflowed to S3 is read first, by ``show`` and
-``show_many``.
+pure serializer: the row holds everything it shows (see ``chalicelib.output``).
 """
 
 from __future__ import annotations
@@ -11,15 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+import time
+from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, lifecycle, scheduling
+from chalicelib import aws, lifecycle, output, scheduling
 from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.context import Context
-from chalicelib.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
 from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, App, Image, Sandbox
@@ -27,9 +26,6 @@ from chalicelib.settings import Settings
 from chalicelib.validation import SandboxRequest, resolve_limits
 
 logger = logging.getLogger("opendevelop.api")
-
-# S3 reads at once when a list page holds several sandboxes whose output overflowed.
-OUTPUT_READERS = 8
 
 
 def db_errors() -> Any:
@@ -224,55 +220,87 @@ def _decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
 
 
-class Output(NamedTuple):
-    """A sandbox's output as the API shows it (text, or None for an empty stream)."""
-
-    stdout: str | None
-    stderr: str | None
-    logs: str | None
-
-
-def _read_output(settings: Settings, key: str) -> Output:
-    output = json.loads(aws.get_object(settings, key))
-    return Output(output["stdout"] or None, output["stderr"] or None, output["logs"])
-
-
-def overflowed_outputs(settings: Settings, rows: list[Sandbox]) -> dict[str, Output]:
-    """The output of each row whose output was too large for it (``output_key``), read from S3.
-
-    A page may hold many such rows: they are read a few at a time, not one
-    after the other.  A failed read is ``Unavailable``, as any S3 fault.
-    """
-    keyed = [(sb.sandbox_id, sb.output_key) for sb in rows if sb.output_key]
-    if len(keyed) <= 1:
-        return {sandbox_id: _read_output(settings, key) for sandbox_id, key in keyed}
-    with ThreadPoolExecutor(max_workers=min(OUTPUT_READERS, len(keyed)), thread_name_prefix="output") as pool:
-        read = pool.map(lambda item: _read_output(settings, item[1]), keyed)
-        return {sandbox_id: output for (sandbox_id, _), output in zip(keyed, read, strict=True)}
-
-
 def show(settings: Settings, sb: Sandbox) -> dict[str, Any]:
-    """One sandbox as JSON, its overflowed output read back whole, so clients never see the difference."""
-    return to_json(sb, overflowed_outputs(settings, [sb]).get(sb.sandbox_id))
+    """One sandbox as JSON: each stream's first 64 KiB as text (never read from S3)."""
+    return to_json(sb)
 
 
 def show_many(settings: Settings, rows: list[Sandbox]) -> list[dict[str, Any]]:
-    """Sandboxes as JSON, in order, as ``show`` shows each one."""
-    outputs = overflowed_outputs(settings, rows)
-    return [to_json(sb, outputs.get(sb.sandbox_id)) for sb in rows]
+    """Sandboxes as JSON, in order, each stream cut to ``output.LIST_PREVIEW_BYTES``: a page never reads S3."""
+    return [to_json(sb, inline_bytes=output.LIST_PREVIEW_BYTES) for sb in rows]
+
+
+def download(settings: Settings, app: App, sandbox_id: str, stream: str, range_header: str | None) -> output.Download:
+    """One stream's exact bytes (or a redirect to them); ``Gone`` when storage lost them."""
+    sb = get(app, sandbox_id)
+    try:
+        return output.download(settings, sb, stream, range_header)
+    except Gone:
+        try:
+            lifecycle.output_gone(sandbox_id)
+        except PynamoDBException as e:
+            log(logger, "sandbox.output_gone_unrecorded", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
+        raise
+
+
+# How often a held live tail looks for new output, and (in polls) re-reads the row.
+TAIL_POLL_S = 0.1
+TAIL_ROW_EVERY = 10
+
+
+def tail(settings: Settings, app: App, sandbox_id: str, stream: str, offset: int, wait_s: float) -> dict[str, Any]:
+    """The stream's text from byte ``offset``, held up to ``wait_s`` until there is some or the sandbox settles.
+
+    ``next`` is the offset to ask for next; ``done`` says the sandbox has settled and
+    everything up to its end has been answered.  ``data`` never ends in a cut
+    UTF-8 character (the rest comes with the next answer).
+    """
+    sb = get(app, sandbox_id)
+    deadline = time.monotonic() + wait_s
+    polls = 0
+    while True:
+        settled = sb.status in FINAL_STATES
+        if output.recorded(sb):
+            data = output.read_stored(settings, sb, stream, offset, output.TAIL_BYTES)
+            end = output.stored_size(sb, stream)
+        else:
+            data = output.read_live(settings, sandbox_id, stream, offset, output.TAIL_BYTES)
+            end = offset + len(data)  # a settled sandbox with no recorded output: its chunks are all there is
+        data = output.text_upto(data, final=settled and offset + len(data) >= end)
+        done = settled and offset + len(data) >= end
+        if data or done or time.monotonic() >= deadline:
+            break
+        time.sleep(TAIL_POLL_S)
+        polls += 1
+        if polls % TAIL_ROW_EVERY == 0:
+            sb = _reread(sb)
+    return {"data": data.decode("utf-8", errors="replace"), "offset": offset, "next": offset + len(data), "done": done}
+
+
+def _reread(sb: Sandbox) -> Sandbox:
+    try:
+        return Sandbox.get(sb.sandbox_id, consistent_read=True)
+    except DoesNotExist:
+        raise NotFound(f"no sandbox {sb.sandbox_id!r}") from None
+    except PynamoDBException as e:
+        raise Unavailable(f"reading the sandbox: {e}") from e
 
 
 def _iso(dt: Any) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-def to_json(sb: Sandbox, output: Output | None = None) -> dict[str, Any]:
+def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES) -> dict[str, Any]:
     """A sandbox as the API shows it: the original fields first, then ours.  No I/O.
 
-    ``output``: the output read from S3 when the row's own did not fit
-    (``output_key``; see ``show``); otherwise the row's.
+    ``stdout``, ``stderr`` and ``logs`` are text of at most ``inline_bytes``
+    each; ``stdout_bytes`` and ``stderr_bytes`` are the streams' full sizes and
+    ``inline_truncated`` says some text is shorter than its stream (the whole is
+    at ``/stdout``, ``/stderr``).
     """
-    stdout, stderr, logs = output if output is not None else (sb.stdout, sb.stderr, sb.logs)
+    stdout, cut_out = output.clip(sb.stdout, inline_bytes)
+    stderr, cut_err = output.clip(sb.stderr, inline_bytes)
+    logs, cut_logs = output.clip(sb.logs, inline_bytes)
     duration = None
     if sb.started_at and sb.finished_at:
         duration = int((sb.finished_at - sb.started_at).total_seconds() * 1000)
@@ -291,6 +319,11 @@ def to_json(sb: Sandbox, output: Output | None = None) -> dict[str, Any]:
         "timed_out": bool(sb.timed_out),
         "oom_killed": bool(sb.oom_killed),
         "output_truncated": bool(sb.output_truncated),
+        "stdout_bytes": _size(sb.stdout_bytes, sb.stdout),
+        "stderr_bytes": _size(sb.stderr_bytes, sb.stderr),
+        "logs_bytes": _size(sb.logs_bytes, sb.logs),
+        "inline_truncated": bool(sb.inline_truncated) or cut_out or cut_err or cut_logs,
+        "output_gone": bool(sb.output_gone),
         "error": sb.error,
         "files": int(sb.file_count or 0),
         "created_at": _iso(sb.created_at),
@@ -299,3 +332,8 @@ def to_json(sb: Sandbox, output: Output | None = None) -> dict[str, Any]:
         "duration_ms": duration,
         "server": sb.server,
     }
+
+
+def _size(stored: Any, text: str | None) -> int:
+    """A stream's full size: as recorded, or (rows from before sizes were) its text's."""
+    return int(stored) if stored is not None else len((text or "").encode())

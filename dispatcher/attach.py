@@ -17,7 +17,8 @@ import shlex
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from dispatcher.engine import RunSpec
 
@@ -54,27 +55,48 @@ def send_input(raw: Any, payload: bytes, program_at: int = 0, on_program: Callab
 
 
 class Capture:
-    """Keeps up to ``cap`` bytes per stream; ``logs`` interleaves exactly the kept parts."""
+    """Keeps up to ``cap`` bytes per stream; ``logs`` interleaves exactly the kept parts.
 
-    def __init__(self, cap: int) -> None:
+    With a ``folder`` the kept bytes go straight to its files ``stdout``,
+    ``stderr`` and ``logs`` as they arrive (unbuffered, so a reader of the
+    files sees them at once) and nothing is held here; without one they are
+    kept in memory (the bench, the tests' engines).
+    """
+
+    def __init__(self, cap: int, folder: Path | None = None) -> None:
         self.cap = cap
+        self.sizes = {1: 0, 2: 0}
         self.kept = {1: bytearray(), 2: bytearray()}
         self.logs = bytearray()
         self.truncated = False
+        self.files: dict[int, BinaryIO] = {}
+        self.log_file: BinaryIO | None = None
+        if folder is not None:
+            self.files = {1: open(folder / "stdout", "wb", buffering=0), 2: open(folder / "stderr", "wb", buffering=0)}  # noqa: SIM115
+            self.log_file = open(folder / "logs", "wb", buffering=0)  # noqa: SIM115
 
     def add(self, stream: int, data: bytes) -> None:
-        buf = self.kept.get(stream)
-        if buf is None:
+        size = self.sizes.get(stream)
+        if size is None:
             return
-        room = self.cap - len(buf)
+        room = self.cap - size
         if room <= 0:
             self.truncated = True
             return
         if len(data) > room:
             data = data[:room]
             self.truncated = True
-        buf += data
-        self.logs += data
+        self.sizes[stream] = size + len(data)
+        if self.log_file is not None:
+            self.files[stream].write(data)
+            self.log_file.write(data)
+        else:
+            self.kept[stream] += data
+            self.logs += data
+
+    def close(self) -> None:
+        for f in [*self.files.values(), *([self.log_file] if self.log_file else [])]:
+            f.close()
 
 
 def demux(raw: Any, capture: Capture) -> None:

@@ -10,6 +10,7 @@ own, so the dispatcher can tell the engine's faults from a run's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from dispatcher.container import Shape
@@ -46,6 +47,8 @@ class RunSpec:
     files_bytes: int = 0
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
+    # Where the output goes as it comes (files stdout, stderr, logs; see ``attach.Capture``); None: kept in memory.
+    output_dir: Path | None = None
 
     @property
     def shape(self) -> Shape:
@@ -66,6 +69,9 @@ class RunResult:
     # Who stopped the container from outside the dispatcher (the engine shutting down, an
     # operator); "" when nobody did.  Such an exit is the platform's doing, never a result.
     stopped_by: str = ""
+    # When set, the output is the files ``stdout``, ``stderr`` and ``logs`` of this folder (the three
+    # bytes fields are then empty): the dispatcher never holds a whole output in memory.
+    output_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,24 @@ a give-back or a failure are written only while the row still holds it
 over its successor.  The container is removed only after the result is
 written: removing it is not on the path to the client seeing it.
 
-A result too large for the row (``ROW_OUTPUT_BUDGET``) goes to S3 and the row
-keeps its key.  A transient DynamoDB or S3 failure is retried in place (see
-``retry``); a failure of the run is classified and settled (see ``outcome``).
+The output never passes through memory whole: the engine writes it into the
+run's spool folder as it comes, and ``_result`` uploads from there each stream
+the row's 64 KiB of text does not hold exactly (see ``chalicelib.output``).
+A transient DynamoDB or S3 failure is retried in place (see ``retry``); a
+failure of the run is classified and settled (see ``outcome``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws, lifecycle
+from chalicelib import aws, lifecycle, output
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.models import Sandbox
@@ -30,6 +32,7 @@ from chalicelib.settings import Settings
 from dispatcher import watchdog
 from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
+from dispatcher.live import Live, forget
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
 from dispatcher.retry import Retry, transient
 from dispatcher.settings import DispatcherSettings
@@ -38,9 +41,6 @@ from dispatcher.state import Flags, Job
 
 logger = logging.getLogger("opendevelop.dispatcher")
 
-# Output larger than this (stdout + stderr + logs, encoded) goes to S3 instead of the row,
-# keeping rows far from DynamoDB's 400 KB item limit.
-ROW_OUTPUT_BUDGET = 240 * 1024
 ORPHANED = "the dispatcher lost track of the sandbox while it ran"
 
 
@@ -71,10 +71,6 @@ def spec_of(sandbox: Sandbox) -> RunSpec:
         )
     except (TypeError, ValueError, AttributeError) as e:
         raise PlatformError(f"the sandbox's stored request is malformed: {e}", transient=False) from e
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
 
 
 class Pipeline:
@@ -190,7 +186,18 @@ class Pipeline:
             raise Abort("the dispatcher was stopped before the sandbox started", started=False)
         if self.flags.fenced.is_set() or job.aborted:
             raise Abort(job.aborted or "the lease was lost before the sandbox started", started=False)
-        result = self.engine.run(spec, payload)
+        folder = self.spool.start(sandbox.sandbox_id, job.token)
+        live = Live(self.settings, sandbox.sandbox_id, folder)
+        live.start()
+        try:
+            result = self.engine.run(replace(spec, output_dir=folder), payload)
+        except BaseException:
+            live.stop()
+            self.spool.discard(sandbox.sandbox_id, job.token)
+            if live.chunks:
+                forget(self.settings, sandbox.sandbox_id)  # a failed try's output: a re-run starts afresh
+            raise
+        live.stop()
         try:
             if job.aborted:
                 raise Abort(job.aborted)
@@ -207,7 +214,10 @@ class Pipeline:
             self.spool.keep(sandbox.sandbox_id, job.token, result)
             self.record(sandbox, job.token, result, forever=True)
             self.spool.drop(sandbox.sandbox_id, job.token)
+            if live.chunks:
+                forget(self.settings, sandbox.sandbox_id)  # the recorded output replaces them
         finally:
+            self.spool.discard(sandbox.sandbox_id, job.token)  # an unrecorded run's partial output, if any
             if result.container_id:
                 self.engine.release(result.container_id)
             watchdog.forget_started(self.spool.root, sandbox.sandbox_id)
@@ -232,6 +242,8 @@ class Pipeline:
         it goes through or the dispatcher stops (the next one records it from the spool).
         """
         sandbox_id = sandbox.sandbox_id
+        if result.output_dir is None:
+            self.spool.keep(sandbox_id, token, result)  # an engine that kept the output in memory
         while True:
             try:
                 actions = self._result(sandbox_id, result)
@@ -261,37 +273,47 @@ class Pipeline:
             return_code=result.return_code,
             timed_out=result.timed_out,
             oom_killed=result.oom_killed,
-            stdout_bytes=len(result.stdout),
-            stderr_bytes=len(result.stderr),
+            **_sizes(result),
             duration_ms=int(result.duration_s * 1000),
         )
         return True
 
     def _result(self, sandbox_id: str, result: RunResult) -> list[Action]:
-        """The row's result attributes; the output goes to S3 when it is too large for the row."""
-        stdout, stderr, logs = _text(result.stdout), _text(result.stderr), _text(result.logs)
-        output_key = None
-        if len(stdout.encode()) + len(stderr.encode()) + len(logs.encode()) > ROW_OUTPUT_BUDGET:
-            output_key = f"sandboxes/{sandbox_id}/output.json"
-            body = json.dumps({"stdout": stdout, "stderr": stderr, "logs": logs}).encode()
-            key = output_key
-            try:
-                self.retry("storing output", lambda: aws.put_object(self.settings, key, body), sandbox_id=sandbox_id)
-            except Unavailable as e:
-                raise PlatformError(f"storing the output: {e}") from e  # transient: retried by ``record``
-            stdout = stderr = logs = ""
+        """The row's result attributes; a stream the row's text does not hold exactly is uploaded."""
         actions: list[Action] = [
             Sandbox.return_code.set(result.return_code),
             Sandbox.timed_out.set(result.timed_out),
             Sandbox.oom_killed.set(result.oom_killed),
             Sandbox.output_truncated.set(result.output_truncated),
             Sandbox.files_inline.remove(),  # done with: keeps finished rows (and list pages) small
-            Sandbox.logs.set(logs) if not output_key else Sandbox.logs.remove(),
-            Sandbox.output_key.set(output_key) if output_key else Sandbox.output_key.remove(),
+            Sandbox.output_key.remove(),
         ]
-        for attribute, value in ((Sandbox.stdout, stdout), (Sandbox.stderr, stderr)):
-            actions.append(attribute.set(value) if value else attribute.remove())
+        folder = result.output_dir
+        assert folder is not None  # ``record`` spooled it
+        objects: list[str] = []
+        cut = False
+        for stream in output.STREAMS:
+            path = folder / stream
+            size = path.stat().st_size if path.exists() else 0
+            head = _head(path, output.PREVIEW_BYTES + 1)
+            text, whole = output.preview(head[: output.PREVIEW_BYTES])
+            exact = size <= output.PREVIEW_BYTES and whole and _utf8(head)
+            cut = cut or size > output.PREVIEW_BYTES or not whole
+            if size and not exact:
+                self._upload(sandbox_id, output.key(sandbox_id, stream), path)
+                objects.append(stream)
+            attribute = getattr(Sandbox, stream)
+            actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
+            actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
+        actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
+        actions.append(Sandbox.inline_truncated.set(cut))
         return actions
+
+    def _upload(self, sandbox_id: str, key: str, path: Path) -> None:
+        try:
+            self.retry("storing output", lambda: aws.put_file(self.settings, key, path), sandbox_id=sandbox_id)
+        except Unavailable as e:
+            raise PlatformError(f"storing the output: {e}") from e  # transient: retried by ``record``
 
     # After a failure
 
@@ -325,3 +347,28 @@ class Pipeline:
 
     def _settle(self, sandbox: Sandbox, leaving: Condition, failure: Failure) -> Settled:
         return settle(sandbox, leaving, failure, self.config.max_attempts, self.retry, self.server)
+
+
+def _head(path: Path, n: int) -> bytes:
+    if not path.exists():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _sizes(result: RunResult) -> dict[str, int]:
+    """Each stream's size, for the log (never its content)."""
+    folder = result.output_dir
+    sizes = {}
+    for stream in ("stdout", "stderr"):
+        path = folder / stream if folder else None
+        sizes[f"{stream}_bytes"] = path.stat().st_size if path and path.exists() else len(getattr(result, stream))
+    return sizes

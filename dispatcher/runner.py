@@ -269,7 +269,7 @@ class Runner:
     def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
-        capture = Capture(spec.output_bytes)
+        capture = Capture(spec.output_bytes, spec.output_dir)
         timed_out = threading.Event()
         deadline: threading.Thread | None = None
         started = time.monotonic()
@@ -299,6 +299,7 @@ class Runner:
             finally:
                 killer.cancel()
         finally:
+            capture.close()
             try:
                 sock.close()
             except OSError:
@@ -322,6 +323,7 @@ class Runner:
             output_truncated=capture.truncated,
             duration_s=duration,
             container_id=cid,
+            output_dir=spec.output_dir,
         )
 
     def _stopped_from_outside(self, cid: str, since: float) -> str:

@@ -8,8 +8,10 @@ dispatcher killed in the middle of recording finds the result here when it
 starts again (``recovery``), with the token of the run that produced it.
 
 One folder per result, ``<spool>/results/<sandbox id>.<token>/``: ``meta.json``
-(return code, flags, duration) and the three output files, written whole before
-the folder is renamed into place, so a half-written result is never read.
+(return code, flags, duration) and the three output files.  A run writes its
+output into ``.<sandbox id>.<token>.part/`` while it runs (``start``), and the
+folder is renamed into place with its ``meta.json`` once the run has ended, so
+a half-written result is never read and no output is ever held whole in memory.
 Process crashes lose nothing (the page cache survives them); a crash of the
 host also ends its containers, whose runs the reconciler then gives back.
 """
@@ -40,18 +42,34 @@ class Spool:
         self.root = root
         self.results = root / "results"
 
-    def keep(self, sandbox_id: str, token: str, result: RunResult) -> Path:
+    def _part(self, sandbox_id: str, token: str) -> Path:
+        return self.results / f".{sandbox_id}.{token}.part"
+
+    def start(self, sandbox_id: str, token: str) -> Path:
+        """An empty folder for the output of a run about to start (``RunSpec.output_dir``)."""
         self.results.mkdir(parents=True, exist_ok=True)
-        final = self.results / f"{sandbox_id}.{token}"
-        work = self.results / f".{sandbox_id}.{token}.part"
+        work = self._part(sandbox_id, token)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        meta = {k: v for k, v in asdict(result).items() if k not in STREAMS}
+        return work
+
+    def discard(self, sandbox_id: str, token: str) -> None:
+        """The run failed: its partial output is not a result."""
+        shutil.rmtree(self._part(sandbox_id, token), ignore_errors=True)
+
+    def keep(self, sandbox_id: str, token: str, result: RunResult) -> Path:
+        """The finished result, in place; ``result.output_dir`` then names the kept folder."""
+        final = self.results / f"{sandbox_id}.{token}"
+        work = self._part(sandbox_id, token)
+        if result.output_dir is None or result.output_dir != work:
+            self.start(sandbox_id, token)  # an engine that kept the output in memory
+            for stream in STREAMS:
+                (work / stream).write_bytes(getattr(result, stream))
+        meta = {k: v for k, v in asdict(result).items() if k not in (*STREAMS, "output_dir")}
         (work / "meta.json").write_text(json.dumps(meta))
-        for stream in STREAMS:
-            (work / stream).write_bytes(getattr(result, stream))
         shutil.rmtree(final, ignore_errors=True)
         work.rename(final)
+        result.output_dir = final
         return final
 
     def drop(self, sandbox_id: str, token: str) -> None:
@@ -76,7 +94,7 @@ class Spool:
             sandbox_id, _, token = path.name.partition(".")
             try:
                 meta = json.loads((path / "meta.json").read_text())
-                streams = {stream: (path / stream).read_bytes() for stream in STREAMS}
-                yield Kept(sandbox_id, token, RunResult(**{**meta, **streams}), path)
+                streams = {stream: b"" for stream in STREAMS}  # they stay on disk: ``output_dir``
+                yield Kept(sandbox_id, token, RunResult(**{**meta, **streams}, output_dir=path), path)
             except (OSError, ValueError, TypeError):
                 continue

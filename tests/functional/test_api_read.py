@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 
-from chalicelib import admin, aws, sandboxes
-from chalicelib.models import Sandbox
+from chalicelib import admin, sandboxes
 
 
 def create(world, cmd: str = "true") -> str:
@@ -128,45 +125,6 @@ def test_bad_page_parameters_are_a_400_naming_them(world):
         assert response.status_code == 400, query
         assert response.json_body["Code"] == "BadRequestError"
         assert response.json_body["Message"].startswith(f"{field}:"), response.json_body
-
-
-def finish_with_overflowed_output(world, sandbox_id: str, stdout: str) -> None:
-    """As a dispatcher records output too large for the row: in S3, the row pointing at it."""
-    key = f"sandboxes/{sandbox_id}/output.json"
-    aws.put_object(world.settings, key, json.dumps({"stdout": stdout, "stderr": "", "logs": stdout}).encode())
-    Sandbox.get(sandbox_id).update(
-        actions=[Sandbox.status.set("terminated"), Sandbox.return_code.set(0), Sandbox.output_key.set(key)]
-    )
-
-
-def test_output_too_large_for_the_row_is_shown_whole_alone_and_in_the_list(world, monkeypatch):
-    ids = [create(world, f"echo {i}") for i in range(6)]
-    for i, sandbox_id in enumerate(ids):
-        finish_with_overflowed_output(world, sandbox_id, f"{i}" * 300_000 + "\n")
-    reading, most = [0], [0]
-    lock = threading.Lock()
-    get_object = aws.get_object
-
-    def slow_get_object(settings, key):
-        with lock:
-            reading[0] += 1
-            most[0] = max(most[0], reading[0])
-        time.sleep(0.2)
-        try:
-            return get_object(settings, key)
-        finally:
-            with lock:
-                reading[0] -= 1
-
-    monkeypatch.setattr(aws, "get_object", slow_get_object)
-
-    one = world.get(f"/api/sandboxes/{ids[0]}").json_body
-    listed = world.get("/api/sandboxes").json_body["sandboxes"]
-
-    assert (one["stdout"], one["logs"], one["stderr"]) == ("0" * 300_000 + "\n",) * 2 + (None,)
-    assert [s["stdout"] for s in listed] == [f"{i}" * 300_000 + "\n" for i in reversed(range(6))]
-    assert listed[-1] == one
-    assert most[0] > 1  # the page's six outputs were read at once, not one after the other
 
 
 class JsonLines(logging.Handler):

@@ -213,6 +213,9 @@ def test_the_openapi_document_is_served_without_credentials(client):
         "/api/images/{name}",
         "/api/sandboxes",
         "/api/sandboxes/{sandbox_id}",
+        "/api/sandboxes/{sandbox_id}/logs",
+        "/api/sandboxes/{sandbox_id}/stdout",
+        "/api/sandboxes/{sandbox_id}/stderr",
     }
 
 

@@ -45,6 +45,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.requests: list[Seen] = []
+        self.tails: list[tuple[str, str, int]] = []  # the live tail's calls (answered apart from the script)
         self.lock = threading.Lock()
         api = self
 
@@ -56,6 +57,8 @@ class FakeAPI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
+                if url.path.endswith("/logs"):
+                    return self._tail(url.path, parse_qs(url.query))
                 with api.lock:
                     api.requests.append(
                         Seen(self.command, url.path, parse_qs(url.query), dict(self.headers.items()), body)
@@ -74,6 +77,26 @@ class FakeAPI:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
+
+            def _tail(self, path: str, query: dict[str, list[str]]) -> None:
+                """The live tail, as the API answers it once the sandbox has settled: the text of the
+                first finished sandbox still to be answered, all at once."""
+                stream = query.get("stream", ["logs"])[0]
+                offset = int(query.get("offset", ["0"])[0])
+                with api.lock:
+                    api.tails.append((path, stream, offset))
+                    final = next(
+                        (a.body for a in api.answers if isinstance(a.body, dict) and a.body.get("finished_at")), {}
+                    )
+                text = (final.get("stdout") or "") + (final.get("stderr") or "") if stream == "logs" else ""
+                text = text or final.get(stream) or ""
+                data = text.encode()[offset:]
+                body = json.dumps({"data": data.decode(), "offset": offset, "next": offset + len(data), "done": True})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body.encode())))
+                self.end_headers()
+                self.wfile.write(body.encode())
 
             do_GET = do_POST = do_DELETE = _answer
 

@@ -305,3 +305,24 @@ def test_a_long_poll_gets_its_wait_on_top_of_the_timeout(fake):
 
     assert client.sandbox("a326efb1fe1f980a", wait=1).finished
     assert fake.requests[0].query == {"wait": ["1"]}
+
+
+def test_a_sandbox_streams_its_output_as_the_live_tail_answers(fake, client):
+    fake.then(200, sandbox_json(status="running"))
+    fake.then(200, sandbox_json(stdout="line 1\nline 2\n"))  # what the tail serves (see fakeapi)
+
+    sandbox = client.sandbox("a326efb1fe1f980a")
+    chunks = list(sandbox.stream("stdout"))
+
+    assert chunks == ["line 1\nline 2\n"]
+    assert fake.tails == [("/api/sandboxes/a326efb1fe1f980a/logs", "stdout", 0)]
+
+
+def test_output_is_the_exact_bytes_following_a_redirect_without_credentials(fake, client):
+    fake.then(307, b"", headers={"Location": f"{fake.url}/stored/object"})
+    fake.then(200, b"\x00\xff\xfe", headers={"Content-Type": "application/octet-stream"})
+
+    assert client.output("a326efb1fe1f980a", "stdout") == b"\x00\xff\xfe"
+    first, second = fake.requests
+    assert first.headers["Accept"] == "application/octet-stream" and "Authorization" in first.headers
+    assert second.path == "/stored/object" and "Authorization" not in second.headers

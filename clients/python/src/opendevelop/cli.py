@@ -31,6 +31,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,7 +195,12 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
         network=True if options.network else None,
         **limits,
     )
+    printed: set[str] = set()
     try:
+        if not options.json:
+            progress.clear()
+            progress.enabled = False  # the output itself shows it runs
+            printed = _print_live(client, sandbox.id)
         # On a terminal, short polls keep the status line current; otherwise one long-poll after another.
         sandbox = client.wait(sandbox.id, poll=1 if progress.enabled else 20, on_update=progress.update)
     except KeyboardInterrupt:
@@ -209,8 +215,10 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
     if options.json:
         _write(sys.stdout, json.dumps(sandbox.raw, indent=2) + "\n")
         return _exit_status(sandbox, quiet=True)
-    _write(sys.stdout, sandbox.stdout)
-    _write(sys.stderr, sandbox.stderr)
+    if "stdout" not in printed:
+        _write(sys.stdout, sandbox.stdout)
+    if "stderr" not in printed:
+        _write(sys.stderr, sandbox.stderr)
     return _exit_status(sandbox)
 
 
@@ -246,6 +254,30 @@ def _choose(client: Client, files: list[str], wanted: str | None, quiet: bool) -
         about = " ".join(x for x in (chosen.language, chosen.version) if x)
         _say(f"running {name} with image {chosen.name}{f' ({about})' if about else ''}: {line}")
     return chosen.name, line
+
+
+def _print_live(client: Client, sandbox_id: str) -> set[str]:
+    """Print stdout and stderr to our own as they come, until the sandbox settles; the streams printed whole.
+
+    stdout is followed here (so Ctrl-C lands here), stderr by a second thread.  A
+    stream the API cannot follow (an older API) is printed from the finished
+    sandbox instead.
+    """
+    done: set[str] = set()
+
+    def follow(stream: str, out: IO[str]) -> None:
+        try:
+            for chunk in client.stream(sandbox_id, stream):
+                _write(out, chunk)
+        except errors.OpenDevelopError:
+            return
+        done.add(stream)
+
+    other = threading.Thread(target=follow, args=("stderr", sys.stderr), daemon=True)
+    other.start()
+    follow("stdout", sys.stdout)
+    other.join()
+    return done
 
 
 def _exit_status(sandbox: Sandbox, quiet: bool = False) -> int:

@@ -116,7 +116,7 @@ class Client:
                 params["cursor"] = cursor
             page = self._json("GET", "/api/sandboxes", params=params)
             for item in page["sandboxes"]:
-                yield Sandbox.from_json(item)
+                yield Sandbox.from_json(item, self)
             cursor = page.get("next")
             if not cursor:
                 return
@@ -128,7 +128,7 @@ class Client:
             wait = min(float(wait), MAX_LONG_POLL_S)
             params = {"wait": f"{wait:g}"}
         data = self._json("GET", f"/api/sandboxes/{_id(sandbox_id)}", params=params, extra_time=wait or 0)
-        return Sandbox.from_json(data)
+        return Sandbox.from_json(data, self)
 
     def create(
         self,
@@ -163,7 +163,7 @@ class Client:
         body.update(limits)
         body["files"] = [_json_file(f.name, f.content, f.executable) for f in collect(files)]
         data = self._json("POST", "/api/sandboxes", json_body=body)
-        return Sandbox.from_json(data)
+        return Sandbox.from_json(data, self)
 
     def wait(
         self,
@@ -214,7 +214,41 @@ class Client:
 
     def cancel(self, sandbox_id: str) -> Sandbox:
         """Cancel a sandbox that has not finished; ``ConflictError`` if it already has."""
-        return Sandbox.from_json(self._json("DELETE", f"/api/sandboxes/{_id(sandbox_id)}"))
+        return Sandbox.from_json(self._json("DELETE", f"/api/sandboxes/{_id(sandbox_id)}"), self)
+
+    def stream(self, sandbox_id: str, stream: str = "logs", offset: int = 0) -> Iterator[str]:
+        """The output's text as it comes, from byte ``offset``, until the sandbox has settled.
+
+        ``stream``: ``logs`` (stdout and stderr as they interleaved), ``stdout`` or
+        ``stderr``.  Each chunk is what the program wrote since the last one
+        (a long-poll of ``/logs``: a chunk comes within a second or so of the write).
+        """
+        while True:
+            params = {"offset": offset, "wait": MAX_LONG_POLL_S, "stream": stream}
+            answer = self._json(
+                "GET", f"/api/sandboxes/{_id(sandbox_id)}/logs", params=params, extra_time=MAX_LONG_POLL_S
+            )
+            if answer.get("data"):
+                yield str(answer["data"])
+            offset = int(answer["next"])
+            if answer.get("done"):
+                return
+
+    def output(self, sandbox_id: str, stream: str = "stdout") -> bytes:
+        """``stdout`` or ``stderr``: the exact bytes the program wrote (so far, while it runs)."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
+        path = f"/api/sandboxes/{_id(sandbox_id)}/{stream}"
+        response = self._request("GET", path, accept="application/octet-stream")
+        if response.status_code in (301, 302, 303, 307, 308):
+            # Stored outside the API: a short-lived URL that needs (and must get) no credentials.
+            try:
+                response = self._session.get(response.headers["Location"], timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                raise errors.UnreachableError(_unreachable(self.url, e)) from e
+            if response.status_code >= 400:
+                raise errors.from_response(response)
+        return response.content
 
     def openapi(self) -> dict[str, Any]:
         """The API's OpenAPI document."""
@@ -250,9 +284,10 @@ class Client:
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
         extra_time: float = 0,
+        accept: str = "application/json",
     ) -> requests.Response:
         data = None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if json_body is not None:
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,7 +61,26 @@ class Sandbox:
     finished_at: datetime | None = None
     duration_ms: int | None = None
     server: str | None = None
+    stdout_bytes: int = 0  # the whole stream's size (``stdout`` holds at most its first 64 KiB, as text)
+    stderr_bytes: int = 0
+    inline_truncated: bool = False  # some of stdout, stderr, logs is shorter than its stream: see ``read``
+    output_gone: bool = False  # the stored output has expired
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The client that fetched it, for ``stream`` and ``read``; None for a sandbox made by hand.
+    client: Any = field(default=None, repr=False, compare=False)
+
+    def stream(self, stream: str = "logs") -> Iterator[str]:
+        """The output as it comes, chunk by chunk, until the sandbox has settled (see ``Client.stream``)."""
+        return self._client().stream(self.id, stream)
+
+    def read(self, stream: str = "stdout") -> bytes:
+        """``stdout`` or ``stderr``: the exact bytes the program wrote (see ``Client.output``)."""
+        return bytes(self._client().output(self.id, stream))
+
+    def _client(self) -> Any:
+        if self.client is None:
+            raise RuntimeError("this sandbox was not fetched by a Client: use Client.stream / Client.output")
+        return self.client
 
     @property
     def finished(self) -> bool:
@@ -73,8 +93,13 @@ class Sandbox:
         return self.status == "terminated" and self.return_code == 0 and not self.timed_out and not self.oom_killed
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Sandbox:
+    def from_json(cls, data: dict[str, Any], client: Any = None) -> Sandbox:
         return cls(
+            client=client,
+            stdout_bytes=int(data.get("stdout_bytes") or 0),
+            stderr_bytes=int(data.get("stderr_bytes") or 0),
+            inline_truncated=bool(data.get("inline_truncated")),
+            output_gone=bool(data.get("output_gone")),
             id=str(data["id"]),
             status=str(data["status"]),
             image=str(data.get("image") or ""),

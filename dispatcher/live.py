@@ -1,0 +1,87 @@
+"""A running sandbox's output, made visible while it runs.
+
+The engine writes each stream into the run's spool folder as it comes (see
+``attach.Capture``).  ``Live`` looks at those files every ``LOOK_S`` and puts
+what is new of a stream into S3 as one more chunk, at most once per ``TICK_S``
+per stream (so a line shows within ``LOOK_S`` after a quiet spell, and a steady
+writer costs at most four writes a second per stream),
+``sandboxes/<id>/live/<stream>/<offset>`` (``chalicelib.output.live_key``),
+so the API can answer downloads and the live tail (``/logs?offset=``) before
+the run ends.  A tick writes at most one chunk per stream of at most
+``CHUNK_BYTES``: a run costs at most 12 writes a second and one chunk of
+memory, however fast its program writes; a flood is stored whole from the
+spool when the run ends anyway (``pipeline._result``), and the chunks are
+deleted once the result is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from chalicelib import aws, output
+from chalicelib.errors import Unavailable
+from chalicelib.logs import log
+from chalicelib.settings import Settings
+
+logger = logging.getLogger("opendevelop.dispatcher")
+
+TICK_S = 0.25
+LOOK_S = 0.05  # a stat of three files: cheap
+
+
+class Live(threading.Thread):
+    def __init__(self, settings: Settings, sandbox_id: str, folder: Path, tick_s: float = TICK_S) -> None:
+        super().__init__(name=f"live-{sandbox_id}", daemon=True)
+        self.settings = settings
+        self.sandbox_id = sandbox_id
+        self.folder = folder
+        self.tick_s = tick_s
+        self.sent = dict.fromkeys(output.STREAMS, 0)
+        self.last = dict.fromkeys(output.STREAMS, -tick_s)  # when each stream's last chunk went
+        self.chunks = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(min(LOOK_S, self.tick_s)):
+            try:
+                self.tick()
+            except Unavailable as e:  # S3 away: the next tick tries again; the result does not depend on it
+                log(logger, "live.upload_failed", logging.WARNING, sandbox_id=self.sandbox_id, error=str(e)[:300])
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for stream in output.STREAMS:
+            if now - self.last[stream] < self.tick_s:
+                continue
+            path = self.folder / stream
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            start = self.sent[stream]
+            if size <= start:
+                continue
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(min(size - start, output.CHUNK_BYTES))
+            aws.put_object(self.settings, output.live_key(self.sandbox_id, stream, start), data)
+            self.sent[stream] = start + len(data)
+            self.last[stream] = now
+            self.chunks += 1
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
+def forget(settings: Settings, sandbox_id: str) -> None:
+    """Delete the run's live chunks (its result is recorded); best effort: the bucket's rule expires them too."""
+    try:
+        keys = output.live_keys(settings, sandbox_id)
+        for i in range(0, len(keys), 1000):
+            aws.delete_objects(settings, keys[i : i + 1000])
+    except Unavailable as e:
+        log(logger, "live.cleanup_failed", logging.WARNING, sandbox_id=sandbox_id, error=str(e)[:300])
