@@ -17,7 +17,7 @@ from chalicelib import aws, lifecycle
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive
 from chalicelib.logs import log
-from chalicelib.models import DockerServer, Sandbox
+from chalicelib.models import FINAL_STATES, DockerServer, Sandbox
 from chalicelib.reconcile_common import DLQ_BATCHES, ReconcilerSettings, Report, send
 from chalicelib.settings import Settings
 
@@ -79,6 +79,10 @@ def _dead_letter(
         return
     except (ValueError, TypeError, AttributeError):
         row = None  # poison: a row this code cannot read
+    if row is not None and row.status in FINAL_STATES:
+        return
+    if row is not None and row.status == "running":
+        return  # a run is under way (or its server's fate decides it): the reconciler's running rules settle it
     if row is not None and row.status == "queued" and int(row.dead_letters or 0) < config.max_attempts:
         target = servers.get(row.server or "")
         if target is not None and lifecycle.requeue_dead_letter(sandbox_id, target.name):

@@ -25,7 +25,6 @@ class ReconcilerSettings:
     max_attempts: int = 3  # as the dispatcher's OPENDEVELOP_MAX_ATTEMPTS
     resend_after_s: int = 60
     queued_max_s: int = 24 * 3600
-    orphan_max_s: int = 600  # a running row whose server is dead waits this long for it to come back
     interval_s: float = 10.0  # the local loop's period (the cloud's is the schedule's)
 
     @classmethod
@@ -35,7 +34,6 @@ class ReconcilerSettings:
             max_attempts=env_int(env, "OPENDEVELOP_MAX_ATTEMPTS", 3, 1, 20),
             resend_after_s=env_int(env, "OPENDEVELOP_RESEND_AFTER", 60, 1, 86400),
             queued_max_s=env_int(env, "OPENDEVELOP_QUEUED_MAX", 24 * 3600, 60, 14 * 86400),
-            orphan_max_s=env_int(env, "OPENDEVELOP_ORPHAN_MAX", 600, 1, 7 * 86400),
             interval_s=env_float(env, "OPENDEVELOP_RECONCILE_INTERVAL", 10, 0.5, 3600),
         )
 

@@ -10,16 +10,16 @@ skipped) and:
 1. Dead letters: a readable row still queued is woken again (an outage is not
    its fault), up to ``max_attempts`` times; a row that cannot be read, or
    keeps coming back, ends ``error`` (unless a live dispatcher holds it).
-2. ``running`` on a server judged dead (or deleted): only that host can tell
-   whether the program is still running or finished unrecorded, so the row
-   waits for its dispatcher to come back (its recovery settles it) and ends
-   ``error`` after ``orphan_max_s``; it is never started again from here.
-   ``running`` that a live dispatcher no longer holds (a settle it could not
-   write, a replaced instance whose recovery could not write it) is given back
-   (``queued`` on a ready server) once it has been so for longer than any
-   fence, while tried fewer than ``max_attempts`` times (else ``error``; with
-   network access, ``error``: never started twice).  Waiting is timed from the
-   reconciler's first sight (``suspect_at``), by its own clock.
+2. ``running`` whose run is over is given back (``queued`` on a ready server)
+   while tried fewer than ``max_attempts`` times (else ``error``; with network
+   access, ``error``: never started twice).  Over means: its server judged dead
+   and the run's deadline passed since (the host's watchdog ends a container at
+   its deadline without AWS or the dispatcher; a dead host ended it anyway);
+   its dispatcher replaced (the new one's recovery removed its containers); or
+   a live dispatcher no longer holding it for longer than any fence.  Waiting
+   is timed from the reconciler's first sight (``suspect_at``), by its own
+   clock.  A dispatcher that comes back sooner settles its own rows
+   (``dispatcher.recovery``): it can tell a finished program from one cut off.
 3. ``queued`` on a server that may not take work (dead, draining, disabled,
    engine broken, deleted): moved to a ready server; with none it waits.
    Lost wake-ups are re-sent, but only as many per server as its queue is short
@@ -60,13 +60,15 @@ logger = logging.getLogger("opendevelop.reconciler")
 __all__ = ["ReconcilerSettings", "Report", "main", "reconcile"]
 
 
+WATCHDOG_GRACE_S = 3.0  # dispatcher/watchdog.py kills 1.5 s past the timeout, ticking every 0.5 s; and a pass
+
+
 @dataclass(frozen=True)
 class Orphan:
-    """A running row nobody runs: why, how long to wait (by this clock) before judging, and how."""
+    """A running row nobody runs: why, and how long to wait (by this clock) before giving it back."""
 
     why: str
     wait_s: float
-    give_back: bool = True  # else it ends ``error``
 
 
 def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> dict[str, Any]:
@@ -146,16 +148,15 @@ def _orphaned(
 ) -> Orphan | None:
     """Why nobody runs this ``running`` row any more (``None`` while its dispatcher still does)."""
     server = servers.get(row.server or "")
-    if server is None or not is_alive(server):
-        # Its host may still run the container, or may have seen it finish with nobody to record
-        # it: only that host's dispatcher can tell (its recovery does, when it comes back).  So the
-        # row waits for it, and ends ``error`` if it never comes back; it is never run again from here.
-        gone = "was removed" if server is None else "stopped heartbeating"
-        why = (
-            f"server {row.server} {gone} while the sandbox ran and did not come back within "
-            f"{config.orphan_max_s} s; whether the program finished is unknown, so it is not run again"
-        )
-        return Orphan(why, config.orphan_max_s, give_back=False)
+    # Its deadline, from this pass's first sight of the row so: by then the host's watchdog has
+    # killed its container (without AWS or the dispatcher), or the host died with it.
+    deadline = float((row.limits or {}).get("timeout") or 0) + WATCHDOG_GRACE_S
+    if server is None:
+        return Orphan(f"server {row.server} was removed while the sandbox ran", ttl_s + deadline)
+    if not is_alive(server):
+        # Dead by this clock for longer than its fence; a dispatcher that died outright fenced
+        # nothing, so the run is waited out to its deadline before it runs again.
+        return Orphan(f"server {server.name} stopped heartbeating while the sandbox ran", deadline)
     if row.holder and server.instance and row.holder != server.instance:
         # The dispatcher that claimed it was replaced; the new one's recovery removed its containers
         # and settles its rows before it beats: this is for a row that recovery could not write.
@@ -187,11 +188,6 @@ def _settle_running(
             lifecycle.suspect(row.sandbox_id, left, now)
             return
         if age_s(row.suspect_at, now) <= orphan.wait_s:
-            return
-        if not orphan.give_back:
-            if lifecycle.fail(row.sandbox_id, left, why):
-                report.failed += 1
-                log(logger, "sandbox.error", logging.WARNING, sandbox_id=row.sandbox_id, reason=why)
             return
         attempts = int(row.attempts or 0)
         if row.network:

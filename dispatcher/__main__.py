@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     holder = take_server(server, config.instance, watch_s=2 * config.heartbeat_s + 1)
     if holder:
         print(
-            f"dispatcher: server {server.name!r} is served by a live dispatcher (instance {holder}); "
+            f"dispatcher: server {server.name!r} is served by a live dispatcher ({holder}: host, pid, id); "
             "stop it first (its heartbeat moves)",
             file=sys.stderr,
         )

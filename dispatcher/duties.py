@@ -103,9 +103,11 @@ class Duties:
     def _beat_once(self, images: bool) -> None:
         done = self.flags.done.is_set()
         engine = self.engine.healthy() if not done else True
-        if self.flags.broken and engine and not done:
-            why = self.engine.probe()
-            if not why:
+        if engine and not done:
+            why = self.engine.probe()  # cheap unless a create failed lately
+            if why and not self.flags.broken:
+                log(logger, "engine.broken", logging.ERROR, server=self.server.name, reason=why[:300])
+            if not why and self.flags.broken:
                 log(logger, "engine.mended", server=self.server.name)
             self.flags.broken = why
         if not engine:

@@ -199,7 +199,10 @@ class Pipeline:
             raise
         live.stop()
         try:
-            if job.aborted:
+            if job.aborted and result.return_code in (137, 143) and not result.timed_out and not result.oom_killed:
+                # Killed by the fence (or a stop) mid-run: not a result.  A run that ended on its own,
+                # or at its time limit, before the kill is a whole result, recorded like any other
+                # (conditional on its token: refused if its run was handed over meanwhile).
                 raise Abort(job.aborted)
             if job.cancelled:
                 log(logger, "sandbox.cancel_killed", sandbox_id=sandbox.sandbox_id, server=self.server)

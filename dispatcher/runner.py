@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import secrets
 import threading
@@ -55,6 +56,7 @@ logger = logging.getLogger("opendevelop.dispatcher")
 # Exit codes of a container ended by a signal: SIGKILL (the timeout, a cancel, the OOM killer,
 # or someone outside), SIGTERM (only ever someone outside: the dispatcher sends SIGKILL).
 SIGNALLED = (137, 143)
+MIN_FREE_MB = 64  # an engine whose data root has less free takes no new work (a container needs room)
 
 
 def _engine_gone(e: BaseException | None) -> bool:
@@ -114,6 +116,9 @@ class Runner:
         self.live: set[str] = set()  # ids of the containers made here and not removed yet
         self.pool = Pool(self.start_spare, self.remove, pool_size, server=server)
         self._last_shape: Shape | None = None
+        self._ours: set[str] = set()  # containers (ids or names) this runner killed itself
+        self.broken = ""  # the last failure to make a container, "" once one is made again
+        self._root: str | None = None  # the engine's data root, when it is on this host
 
     # Engine: background work and health
 
@@ -130,15 +135,35 @@ class Runner:
         self.pool.resume()
 
     def probe(self) -> str:
-        """Make (and remove) a container of the last shape run: "" when that works, else why not."""
-        if self._last_shape is None:
-            return ""
+        """Make (and remove) a container of the last shape run: "" when that works, else why not.
+
+        Without a failure seen (``broken``, set by any failed create: a run's, or the pool's
+        refill) it answers at once, so the heartbeat may ask every time."""
+        full = self._disk_full()
+        if full:
+            self.broken = full
+            return full
+        if not self.broken or self._last_shape is None:
+            return self.broken
         try:
             cid = self._create(self._last_shape, f"od-probe-{secrets.token_hex(6)}", {LABEL_POOL: "probe"})
         except Exception as e:  # noqa: BLE001 - the answer is the point
             return f"{type(e).__name__}: {e}"[:300]
         self.remove(cid)
         return ""
+
+    def _disk_full(self) -> str:
+        """For an engine on this host: its data root's free space, read directly (one statvfs)."""
+        try:
+            if self._root is None:
+                self._root = str(self.api.info().get("DockerRootDir") or "")
+            if not self._root or not os.path.isdir(self._root):
+                return ""  # a remote engine: its create failures say it
+            stat = os.statvfs(self._root)
+        except Exception:  # noqa: BLE001 - no answer is no verdict; the next create will tell
+            return ""
+        free_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
+        return f"the engine's disk is full ({free_mb} MB free in {self._root})" if free_mb < MIN_FREE_MB else ""
 
     def healthy(self) -> bool:
         try:
@@ -193,6 +218,7 @@ class Runner:
             if e.status_code != 409:
                 # The image is there and the engine answered: it cannot make containers (its disk is
                 # full, its store broken).  Not the sandbox's fault; the server says so and waits.
+                self.broken = f"creating a container: {e.explanation or e}"[:300]
                 raise EngineBroken(f"creating the container: {e.explanation or e}") from e
             # A container of that name survives from an earlier attempt: it is stale by definition.
             self.remove(name)
@@ -202,6 +228,7 @@ class Runner:
                 raise PlatformError(f"creating the container: {e2}") from e2
         with self._lock:
             self.live.add(cid)
+        self.broken = ""
         return cid
 
     def create(self, spec: RunSpec) -> str:
@@ -310,6 +337,10 @@ class Runner:
             deadline.join(5)
             watchdog.clear(self.spool or Path(), cid)
         code = int(status.get("StatusCode", -1))
+        if code in SIGNALLED and duration >= spec.timeout_s:
+            # Killed at or past its time limit, whoever killed it (the watchdog, while this process
+            # was stopped, say): the time limit's result, never a failure to run it again.
+            timed_out.set()
         oom = False
         if code == 137 and not timed_out.is_set():
             oom = bool(self.api.inspect_container(cid)["State"].get("OOMKilled"))
@@ -340,9 +371,11 @@ class Runner:
                 filters={"container": cid, "event": ["kill", "stop"]},
                 decode=True,
             )
+            with self._lock:
+                ours = cid in self._ours or any(name in self._ours for name in self._names_of(cid))
             for event in events:
                 signal_ = (event.get("Actor") or {}).get("Attributes", {}).get("signal", "")
-                if event.get("Action") == "stop" or signal_ not in ("9", "SIGKILL"):
+                if not ours:
                     return f"{event.get('Action')} signal {signal_ or '?'}"
         except Exception as e:  # noqa: BLE001 - an engine that cannot say is an engine in trouble
             return f"the engine could not be asked: {type(e).__name__}"
@@ -365,6 +398,12 @@ class Runner:
             pid = 0  # a remote engine's pid means nothing on this host
         watchdog.write(self.spool, cid, spec.sandbox_id, spec.timeout_s, pid)
 
+    def _names_of(self, cid: str) -> list[str]:
+        try:
+            return [str(self.api.inspect_container(cid)["Name"]).lstrip("/")]
+        except Exception:  # noqa: BLE001 - gone already: its id is all there is
+            return []
+
     def _kill_on_timeout(self, cid: str, flag: threading.Event) -> None:
         flag.set()
         self._kill(cid)
@@ -373,6 +412,8 @@ class Runner:
         self._kill(run_name(sandbox_id))
 
     def _kill(self, container: str) -> None:
+        with self._lock:
+            self._ours.add(container)  # a kill of ours (timeout, cancel, fence): never "from outside"
         try:
             self.api.kill(container)
         except (NotFound, APIError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,8 @@ class DispatcherSettings:
             backoff_s=env_float(env, "OPENDEVELOP_RETRY_BACKOFF", 1.0, 0.0, 30.0),
             watch_s=env_float(env, "OPENDEVELOP_WATCH_INTERVAL", 1.0, 0.1, 60.0),
             pool_size=_opt_int(env, "OPENDEVELOP_POOL", 0, 64),
-            instance=secrets.token_hex(4),
+            # Host and pid first: a refusal to start beside a live dispatcher names where it runs.
+            instance=f"{socket.gethostname()}-pid{os.getpid()}-{secrets.token_hex(3)}",
             lease_s=env_float(env, "OPENDEVELOP_LEASE", 0.0, 0.0, 3600.0) or None,
             kill_s=env_float(env, "OPENDEVELOP_KILL_WORST", 2.0, 0.5, 60.0),
             spool_dir=env.get("OPENDEVELOP_SPOOL", "").strip()

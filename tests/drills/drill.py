@@ -200,7 +200,8 @@ class Drill:
             if status not in self.expected[sandbox_id]:
                 why = f" ({row.error})" if row is not None and row.error else ""
                 self.find(f"{sandbox_id}: ended {status}{why}, expected {'/'.join(self.expected[sandbox_id])}")
-            if status == "terminated" and row is not None and not row.output_key:
+            whole_in_row = not row.output_key and not row.output_objects and not row.inline_truncated if row else False
+            if status == "terminated" and row is not None and whole_in_row:
                 stdout = row.stdout or ""
                 tokens = stdout.count("start ")
                 if tokens != 1:

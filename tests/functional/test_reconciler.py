@@ -17,7 +17,7 @@ from chalicelib.models import DockerServer, Sandbox, utcnow
 from chalicelib.reconciler import ReconcilerSettings
 from chalicelib.settings import SettingsError
 
-CONFIG = ReconcilerSettings(max_attempts=3, resend_after_s=60, queued_max_s=3600, orphan_max_s=600)
+CONFIG = ReconcilerSettings(max_attempts=3, resend_after_s=60, queued_max_s=3600)
 NOTHING = {"dead_lettered": 0, "requeued": 0, "failed": 0, "rerouted": 0, "rewoken": 0, "errors": 0}
 
 
@@ -167,26 +167,40 @@ def test_a_sandbox_no_server_takes_for_too_long_ends_in_error(world):
 # Running
 
 
-def test_a_sandbox_running_on_a_dead_server_waits_for_it_and_is_never_run_again_from_here(world):
+def test_a_sandbox_running_on_a_dead_server_runs_again_elsewhere_once_its_deadline_passed(world):
     sandbox_id = create(world)
     run_on(sandbox_id, "local", attempts=1)
-    server(world, "spare")
+    spare = server(world, "spare")
     kill(world.server)
 
-    # Only its host can tell whether the program still runs or finished unrecorded: the row waits
-    # (by the reconciler's clock, from its first sight) for that host's dispatcher to come back.
-    assert reconcile(world) == {**NOTHING, "requeued": 0}
+    # Its dispatcher may have died outright (no fence): the host's watchdog ends the container at its
+    # deadline, so the run is waited out, by the reconciler's clock from its first sight, before it moves.
+    assert reconcile(world) == NOTHING
     assert Sandbox.get(sandbox_id).suspect_at is not None
-    assert reconcile(world)["failed"] == 0
+    assert reconcile(world)["requeued"] == 0
     assert Sandbox.get(sandbox_id).status == "running"
 
-    suspected_long_ago(sandbox_id)  # it never came back
+    suspected_long_ago(sandbox_id)
+    assert reconcile(world)["requeued"] == 1
+
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.server, row.started_at, row.token) == ("queued", "spare", None, None)
+    assert wakeups(world, spare) == [sandbox_id]
+
+
+def test_a_sandbox_running_on_a_dead_server_after_its_last_attempt_ends_in_error(world):
+    sandbox_id = create(world)
+    run_on(sandbox_id, "local", attempts=3)
+    server(world, "spare")
+    kill(world.server)
+    reconcile(world)
+    suspected_long_ago(sandbox_id)
+
     assert reconcile(world)["failed"] == 1
 
     row = Sandbox.get(sandbox_id)
-    assert row.status == "error" and "did not come back" in row.error and "not run again" in row.error
-    assert row.finished_at is not None
-    assert wakeups(world, DockerServer.get("spare")) == []  # never started elsewhere
+    assert row.status == "error"
+    assert "server local stopped heartbeating" in row.error and "tried 3 times" in row.error
 
 
 def test_a_sandbox_whose_dispatcher_came_back_as_a_new_instance_is_left_to_its_recovery_then_given_back(world):
@@ -230,16 +244,18 @@ def test_a_sandbox_its_live_dispatcher_no_longer_holds_is_given_back(world):
     assert (row.status, row.server) == ("queued", "local")
 
 
-def test_a_sandbox_whose_server_was_deleted_ends_in_error_once_it_has_waited(world):
+def test_a_sandbox_whose_server_was_deleted_moves_on_once_it_has_waited(world):
     sandbox_id = create(world)
     run_on(sandbox_id, "gone")
+    spare = server(world, "spare")
+    kill(world.server)  # spare is then the one ready server
 
-    assert reconcile(world)["failed"] == 0  # noted, by the reconciler's clock
+    assert reconcile(world)["requeued"] == 0  # nobody proves it stopped: waited out, by the reconciler's clock
     suspected_long_ago(sandbox_id)
-    assert reconcile(world)["failed"] == 1
+    assert reconcile(world)["requeued"] == 1
 
-    row = Sandbox.get(sandbox_id)
-    assert row.status == "error" and "server gone was removed" in row.error
+    assert Sandbox.get(sandbox_id).server == "spare"
+    assert wakeups(world, spare) == [sandbox_id]
 
 
 # Dead letters
@@ -322,8 +338,10 @@ def test_liveness_never_compares_the_dispatchers_clock_with_the_reconcilers(worl
     assert not DockerServer.get("local").dead
 
     kill(world.server)  # now the beat stops (seen unchanged for five minutes by the reconciler)
-    assert reconcile(world)["requeued"] == 0
+    assert reconcile(world)["requeued"] == 0  # dead by the reconciler's clock: its run is waited out ...
     assert DockerServer.get("local").dead
+    suspected_long_ago(sandbox_id)
+    assert reconcile(world)["requeued"] == 1  # ... then run again
 
 
 def test_a_backlog_costs_no_wake_ups_while_its_queue_holds_a_message_for_every_row(world):
