@@ -11,10 +11,9 @@ STAMP := $(VENV)/.installed
 dev: venv host
 	$(PY) -m infra.local.dev
 
-# The drills (tests/drills) are not part of it: they record what the platform does under faults
-# (several fail until issue #11 is done) and take minutes; `make drills` runs them.
+# Every test, the fault drills of "one run, one result" (tests/drills, about 10 minutes) included.
 test: venv host
-	$(PY) -m pytest tests clients/python/tests --ignore=tests/drills
+	$(PY) -m pytest tests clients/python/tests
 
 unit: venv
 	$(PY) -m pytest tests/unit clients/python/tests

@@ -49,6 +49,7 @@ class RunSpec:
     network: bool = False
     # Where the output goes as it comes (files stdout, stderr, logs; see ``attach.Capture``); None: kept in memory.
     output_dir: Path | None = None
+    token: str = ""  # the run's fence: the watchdog records a deadline kill with it
 
     @property
     def shape(self) -> Shape:

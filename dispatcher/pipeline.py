@@ -68,6 +68,7 @@ def spec_of(sandbox: Sandbox) -> RunSpec:
             files_bytes=int(sandbox.files_bytes or 0),
             env=dict(sandbox.env or {}),
             network=bool(sandbox.network),
+            token=str(sandbox.token or ""),
         )
     except (TypeError, ValueError, AttributeError) as e:
         raise PlatformError(f"the sandbox's stored request is malformed: {e}", transient=False) from e

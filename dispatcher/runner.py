@@ -396,7 +396,7 @@ class Runner:
             pid = 0
         if pid and not Path(f"/proc/{pid}").exists():
             pid = 0  # a remote engine's pid means nothing on this host
-        watchdog.write(self.spool, cid, spec.sandbox_id, spec.timeout_s, pid)
+        watchdog.write(self.spool, cid, spec.sandbox_id, spec.timeout_s, pid, token=spec.token)
 
     def _names_of(self, cid: str) -> list[str]:
         try:

@@ -56,14 +56,21 @@ class Deadline:
     due: float  # host clock (time.time())
     pid: int  # the container's init process on the host, 0 when unknown (a remote engine)
     pid_start: str  # its start time in /proc, so a reused pid is never killed
+    token: str = ""  # the run's fence: a deadline kill is recorded as the run's result with it
 
 
-def write(spool: Path, container_id: str, sandbox_id: str, seconds: float, pid: int = 0) -> Path:
+def write(spool: Path, container_id: str, sandbox_id: str, seconds: float, pid: int = 0, token: str = "") -> Path:
     """Leave the deadline of a run that starts now: ``seconds`` (its timeout) plus the grace."""
     folder = spool / "deadlines"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / container_id
-    body = {"sandbox_id": sandbox_id, "seconds": seconds + GRACE_S, "pid": pid, "pid_start": _start_of(pid)}
+    body = {
+        "sandbox_id": sandbox_id,
+        "seconds": seconds + GRACE_S,
+        "pid": pid,
+        "pid_start": _start_of(pid),
+        "token": token,
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body))
     tmp.replace(path)  # the rename keeps the mtime the kernel gave the write, on the kernel's clock
@@ -86,7 +93,12 @@ def pending(spool: Path) -> Iterator[Deadline]:
             body = json.loads(path.read_text())
             due = path.stat().st_mtime + float(body["seconds"])
             yield Deadline(
-                path.name, str(body.get("sandbox_id", "")), due, int(body.get("pid", 0)), body.get("pid_start", "")
+                path.name,
+                str(body.get("sandbox_id", "")),
+                due,
+                int(body.get("pid", 0)),
+                body.get("pid_start", ""),
+                str(body.get("token", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written, or removed meanwhile: seen on the next tick
@@ -181,14 +193,24 @@ def keep_running(spool: Path, docker_url: str, every_s: float) -> threading.Thre
 
 
 class Watchdog:
-    def __init__(self, spool: Path, kill: Callable[[str], bool], now: Callable[[], float] = time.time) -> None:
-        """``kill(container_id)`` kills through the engine and answers whether the container is gone or stopped."""
+    def __init__(
+        self,
+        spool: Path,
+        kill: Callable[[str], bool],
+        now: Callable[[], float] = time.time,
+        record: Callable[[Deadline], None] | None = None,
+    ) -> None:
+        """``kill(container_id)`` kills through the engine and answers whether the container is gone or stopped;
+        ``record(deadline)`` writes the run's time-limit result (raises while AWS does not answer)."""
         self.spool = spool
         self.kill = kill
         self.now = now
+        self.record = record
+        self.unrecorded: list[Deadline] = []  # killed at their deadline, result not written yet
 
     def tick(self) -> list[str]:
-        """Kill what is past its deadline; return the sandbox ids killed."""
+        """Kill what is past its deadline, and record its time-limit result; return the sandbox ids killed."""
+        self._record_pending()
         killed = []
         for deadline in pending(self.spool):
             if self.now() < deadline.due:
@@ -213,6 +235,8 @@ class Watchdog:
             if stopped:
                 clear(self.spool, deadline.container_id)
                 killed.append(deadline.sandbox_id)
+                if self.record is not None and deadline.token:
+                    self.unrecorded.append(deadline)
                 log(
                     logger,
                     "watchdog.killed",
@@ -222,8 +246,26 @@ class Watchdog:
                 )
         return killed
 
+    def _record_pending(self) -> None:
+        """The dispatcher did not end these runs (stopped, dead, cut off): their result is the time limit's,
+        written here (conditional on the run's token) so nobody runs them again after they ended."""
+        assert self.record is not None or not self.unrecorded
+        for deadline in list(self.unrecorded):
+            try:
+                self.record(deadline)  # type: ignore[misc]
+            except Exception as e:  # noqa: BLE001 - AWS does not answer: tried again on the next tick
+                log(
+                    logger,
+                    "watchdog.record_failed",
+                    logging.WARNING,
+                    sandbox_id=deadline.sandbox_id,
+                    error=str(e)[:200],
+                )
+                continue
+            self.unrecorded.remove(deadline)
+
     def idle(self) -> bool:
-        if any(True for _ in pending(self.spool)):
+        if self.unrecorded or any(True for _ in pending(self.spool)):
             return False
         try:
             return self.now() - (self.spool / ALIVE).stat().st_mtime > IDLE_EXIT_S
@@ -251,6 +293,46 @@ def docker_killer(docker_url: str) -> Callable[[str], bool]:
     return kill
 
 
+def _recorder(spool: Path) -> Callable[[Deadline], None] | None:
+    """Writes a deadline kill as the run's result, with this process's AWS settings (the dispatcher's
+    environment); None when there are none: the kill alone still holds the deadline."""
+    from chalicelib import lifecycle, models, output
+    from chalicelib.models import Sandbox
+    from chalicelib.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(require_hmac_key=False)
+    except SettingsError:
+        return None
+    models.configure(settings)
+
+    def record(deadline: Deadline) -> None:
+        result = [
+            Sandbox.return_code.set(137),
+            Sandbox.timed_out.set(True),
+            Sandbox.oom_killed.set(False),
+            Sandbox.files_inline.remove(),
+        ]
+        # What the dispatcher had read of its output before it stopped (its spool), as inline text.
+        part = spool / "results" / f".{deadline.sandbox_id}.{deadline.token}.part"
+        cut = False
+        for stream in output.STREAMS:
+            try:
+                with open(part / stream, "rb") as f:
+                    head = f.read(output.PREVIEW_BYTES + 1)
+            except OSError:
+                head = b""
+            text, whole = output.preview(head[: output.PREVIEW_BYTES])
+            cut = cut or len(head) > output.PREVIEW_BYTES or not whole
+            attribute = getattr(Sandbox, stream)
+            result.append(attribute.set(text) if text else attribute.remove())
+        result.append(Sandbox.inline_truncated.set(cut))
+        won = lifecycle.record(deadline.sandbox_id, deadline.token, result)
+        log(logger, "watchdog.recorded" if won else "watchdog.settled_elsewhere", sandbox_id=deadline.sandbox_id)
+
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     from chalicelib import logs
 
@@ -262,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     handle = _lock(args.spool)
     if handle is None:
         return 0  # another watchdog serves this spool
-    watchdog = Watchdog(args.spool, docker_killer(args.docker_url))
+    watchdog = Watchdog(args.spool, docker_killer(args.docker_url), record=_recorder(args.spool))
     log(logger, "watchdog.ready", spool=str(args.spool))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while not watchdog.idle():

@@ -61,3 +61,23 @@ def test_it_leaves_when_nothing_is_pending_and_no_dispatcher_lives(tmp_path: Pat
     assert not dog.idle()  # a deadline is pending
     watchdog.clear(tmp_path, "c4")
     assert dog.idle()
+
+
+def test_a_deadline_kill_is_recorded_with_the_runs_token_and_retried_while_aws_does_not_answer(tmp_path: Path) -> None:
+    watchdog.write(tmp_path, "c5", "sandbox5", seconds=0, token="tok5")
+    attempts: list[tuple[str, str]] = []
+
+    def record(deadline: watchdog.Deadline) -> None:
+        attempts.append((deadline.sandbox_id, deadline.token))
+        if len(attempts) == 1:
+            raise ConnectionError("the AWS endpoint does not answer")
+
+    now = time.time() + watchdog.GRACE_S + 1
+    dog = watchdog.Watchdog(tmp_path, lambda cid: True, now=lambda: now, record=record)
+
+    assert dog.tick() == ["sandbox5"]
+    assert dog.unrecorded and not dog.idle()  # killed, its result still to write
+    dog.tick()  # first try failed: tried again
+    dog.tick()
+    assert attempts == [("sandbox5", "tok5")] * 2
+    assert dog.unrecorded == []
