@@ -212,6 +212,11 @@ def suspect(sandbox_id: str, leaving: Condition, since: Any) -> bool:
     return _write(sandbox_id, [Sandbox.suspect_at.set(since)], leaving & Sandbox.suspect_at.does_not_exist())
 
 
+def unsuspect(sandbox_id: str, leaving: Condition) -> bool:
+    """Held after all (a claim newer than the servers the reconciler read, say): forget the note."""
+    return _write(sandbox_id, [Sandbox.suspect_at.remove()], leaving & Sandbox.suspect_at.exists())
+
+
 def requeue_dead_letter(sandbox_id: str, server: str) -> bool:
     """Still ``queued`` on ``server`` after its wake-up was dead-lettered: count it, to be woken again."""
     return _write(sandbox_id, [Sandbox.dead_letters.add(1), Sandbox.woken_at.set(utcnow())], queued_on(server))

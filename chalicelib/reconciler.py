@@ -181,6 +181,10 @@ def _settle_running(
     server = servers.get(row.server or "")
     try:
         if orphan is None:
+            if row.suspect_at is not None:
+                # A note from a pass that read the servers before this run's claim: stale now, and
+                # a later judgment must wait from its own first sight, not from this one.
+                lifecycle.unsuspect(row.sandbox_id, left)
             return
         why = orphan.why
         # Judged only once it has been so for ``wait_s`` by this clock (noted on the row at first sight).

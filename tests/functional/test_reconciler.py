@@ -430,3 +430,16 @@ def test_reconciler_settings_are_read_from_the_environment():
     assert (config.resend_after_s, config.max_attempts, config.interval_s) == (15, 5, 10)
     with pytest.raises(SettingsError, match="OPENDEVELOP_RECONCILE_INTERVAL"):
         ReconcilerSettings.from_env({"OPENDEVELOP_RECONCILE_INTERVAL": "soon"})
+
+
+def test_a_stale_note_is_forgotten_once_the_run_is_held_so_a_later_judgment_waits_from_its_own_sight(world):
+    sandbox_id = create(world)
+    run_as(sandbox_id, "local", holder="i-1")
+    server(world, "local", instance="i-1", inflight=[])  # read before the claim's heartbeat listed it
+    reconcile(world)
+    assert Sandbox.get(sandbox_id).suspect_at is not None
+
+    server(world, "local", instance="i-1", inflight=[sandbox_id])  # the next heartbeat lists it
+    reconcile(world)
+
+    assert Sandbox.get(sandbox_id).suspect_at is None
