@@ -178,7 +178,10 @@ def test_a_200_mb_output_flood_is_truncated_in_bounded_memory_and_nothing_lands_
 
     assert done["status"] == "terminated" and done["return_code"] == 0, {k: done[k] for k in ("status", "error")}
     assert done["output_truncated"] is True
-    assert len(done["stdout"]) == 256 * 1024 and set(done["stdout"]) == {"a"}
+    # The JSON carries a preview (64 KiB); the stream's bytes, up to the cap, are downloaded.
+    kept = client.get(f"/api/sandboxes/{sandbox_id}/stdout").content
+    assert len(kept) == 256 * 1024 and set(kept) == {ord("a")}
+    assert done["stdout_bytes"] == 256 * 1024 and set(done["stdout"]) == {"a"}
     assert done["stderr"] == "done\n", "the other stream is kept whole"
     assert log_types == {"none"}, "the engine must not keep the output in its own log files"
     assert after - before < 50 * 1024 * 1024, "the flood reached the host's disk"
@@ -192,15 +195,17 @@ def test_a_200_mb_output_flood_is_truncated_in_bounded_memory_and_nothing_lands_
 
 
 def test_output_larger_than_a_row_is_returned_whole(client: Client) -> None:
-    """Up to the cap, output too large for a DynamoDB row lives in S3 and the API returns it whole."""
+    """Up to the cap, output too large for a DynamoDB row lives in S3 and the API returns it whole (as bytes)."""
     script = "import sys\nsys.stdout.write('x' * 600000)\nsys.stderr.write('y' * 300000)\n"
     done = run(client, ["python3 big.py"], {"big.py": script}, output_kb="1024")
 
     assert done["status"] == "terminated" and done["return_code"] == 0, done["error"]
     assert done["output_truncated"] is False
-    assert done["stdout"] == "x" * 600000
-    assert done["stderr"] == "y" * 300000
-    assert len(done["logs"]) == 900000
+    # Whole as bytes through the downloads; the JSON holds a preview of each and the sizes.
+    assert client.get(f"/api/sandboxes/{done['id']}/stdout").content == b"x" * 600000
+    assert client.get(f"/api/sandboxes/{done['id']}/stderr").content == b"y" * 300000
+    assert (done["stdout_bytes"], done["stderr_bytes"]) == (600000, 300000)
+    assert done["stdout"] == "x" * len(done["stdout"]) and done["inline_truncated"] is True
 
 
 # Network and privileges
