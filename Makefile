@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench dev test venv host unit functional integration drills lint format clean
+.PHONY: bench dev test venv host browser unit functional integration drills lint format clean
 
 dev: venv host
 	$(PY) -m infra.local.dev
@@ -14,7 +14,7 @@ dev: venv host
 # The fault drills (tests/drills, about 10 minutes) run with `make drills`: in the last full runs
 # 14 of their 15 cases passed and the 15th (g) showed a race fixed since but not yet run whole
 # again, so they join `make test` once a whole run of them has passed (see the issue's note).
-test: venv host
+test: venv host browser
 	$(PY) -m pytest tests clients/python/tests --ignore=tests/drills
 
 unit: venv
@@ -23,7 +23,7 @@ unit: venv
 functional: venv
 	$(PY) -m pytest tests/functional
 
-integration: venv host
+integration: venv host browser
 	$(PY) -m pytest tests/integration
 
 # Fault drills of "one run, one result" (issue #11) on the real local stack; prints a results table.
@@ -57,6 +57,12 @@ $(STAMP): requirements.txt requirements-dispatcher.txt requirements-dev.txt clie
 .PHONY: apt-venv
 apt-venv:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+
+# Debian's Chromium and its driver, for the playground's browser tests (tests/integration/test_playground.py);
+# installed with apt (as root) only when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # The Docker engine (started if none answers), gVisor and the `base` image (built once, then cached).
 host:

@@ -15,7 +15,7 @@ from typing import Any
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import images, models, openapi, params, reconciler, sandboxes
+from chalicelib import images, models, openapi, params, playground, reconciler, sandboxes
 from chalicelib.context import get_context
 from chalicelib.errors import OpenDevelopError, Unavailable
 from chalicelib.logs import log, log_exception
@@ -32,8 +32,16 @@ logger = logging.getLogger("opendevelop.api")
 def _error(status: int, code: str, message: str) -> Response:
     headers = {"Content-Type": "application/json"}
     if status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="opendevelop"'
+        headers["WWW-Authenticate"] = f'{_challenge_scheme()} realm="opendevelop"'
     return Response(body=json.dumps({"Code": code, "Message": message}), status_code=status, headers=headers)
+
+
+def _challenge_scheme() -> str:
+    """``Basic``, except to a script that says it is one (the playground): a browser meeting a
+    ``Basic`` challenge holds the script's request open behind its own sign-in dialog."""
+    request = app.current_request
+    headers = request.headers if request is not None else {}
+    return "xBasic" if headers.get("x-requested-with", "").lower() == "xmlhttprequest" else "Basic"
 
 
 def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,6 +78,15 @@ def query() -> dict[str, Any]:
     request = app.current_request
     assert request is not None
     return params.parse(request.path, request.method, request.query_params)
+
+
+@app.route("/", methods=["GET"])
+@api_view
+def playground_page() -> Response:
+    """The playground (``chalicelib.playground``): one page, no credentials; it signs in from the browser."""
+    query()  # ?embed=1 is read by the page itself; anything else is refused like any call's
+    page = playground.page()
+    return Response(body=page.body, status_code=200, headers=page.headers)
 
 
 @app.route("/api/openapi.json", methods=["GET"])

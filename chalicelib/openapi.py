@@ -31,6 +31,7 @@ API_VERSION = "1.0.0"
 # Every call may be a 400 (an unknown query parameter) and a 415 (Chalice refuses a body-less call
 # whose Content-Type is not JSON).
 OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("/", "GET"): (200, 400, 415),
     ("/api/openapi.json", "GET"): (200, 400, 415),
     ("/api/images", "GET"): (200, 400, 401, 415, 503),
     ("/api/images/{name}", "GET"): (200, 400, 401, 404, 415, 503),
@@ -64,6 +65,18 @@ from chalicelib.openapi_schemas import (  # noqa: E402 - the schemas live beside
 def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     sandbox = {"$ref": "#/components/schemas/Sandbox"}
     return {
+        ("/", "GET"): {
+            "operationId": "getPlayground",
+            "summary": "The playground: a page that signs in, runs code and shows the app's history, in the browser",
+            "security": [],
+            "parameters": _query_parameters("/", "GET"),
+            "responses": {
+                "200": {
+                    "description": "The page (HTML with its script and style; it calls this API from the browser).",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        },
         ("/api/openapi.json", "GET"): {
             "operationId": "getOpenApi",
             "summary": "This document",

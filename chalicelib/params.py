@@ -47,14 +47,21 @@ def parse_limit(raw: str | None) -> int:
     return value
 
 
-def parse_detail(raw: str | None) -> bool:
-    """``?detail=true``: describe each image, not only its name."""
-    value = (raw or "").strip().lower()
-    if value in ("", "false", "0", "no"):
-        return False
-    if value in ("true", "1", "yes"):
-        return True
-    raise InvalidInput("detail", f"{(raw or '')[:20]!r} must be true or false")
+def boolean(name: str) -> Callable[[str | None], bool]:
+    """A yes/no parameter: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (absent: no)."""
+
+    def parse_boolean(raw: str | None) -> bool:
+        value = (raw or "").strip().lower()
+        if value in ("", "false", "0", "no"):
+            return False
+        if value in ("true", "1", "yes"):
+            return True
+        raise InvalidInput(name, f"{(raw or '')[:20]!r} must be true or false")
+
+    return parse_boolean
+
+
+parse_detail = boolean("detail")  # ?detail=true: describe each image, not only its name
 
 
 def parse_cursor(raw: str | None) -> str | None:
@@ -98,6 +105,14 @@ class Param:
 
 # (route, method) -> the parameters it takes.  Routes are Chalice's, with their {placeholders}.
 QUERY: dict[tuple[str, str], dict[str, Param]] = {
+    ("/", "GET"): {
+        "embed": Param(
+            boolean("embed"),
+            {"type": "boolean", "default": False},
+            "`true` (or `1`): the page as a widget of one snippet, for a course page's iframe "
+            "(its app, key and snippet in the URL's fragment).",
+        ),
+    },
     ("/api/images", "GET"): {
         "detail": Param(
             parse_detail,
