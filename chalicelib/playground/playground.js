@@ -89,6 +89,7 @@
     if (!e) { box.hidden = true; box.textContent = ""; return; }
     box.textContent = e instanceof ApiError ? e.message : "Error: " + (e && e.message ? e.message : e);
     box.hidden = false;
+    if (box.scrollIntoView) box.scrollIntoView({ block: "nearest" });
   }
 
   // ---- signing in --------------------------------------------------------------
@@ -351,8 +352,12 @@
       showResult(final, false);
       if (!EMBED) showHistory(true);
     } catch (e) {
-      setStatus("");
+      if (!state.run) setStatus("refused");
       showError(e);
+      const line = document.createElement("span");
+      line.className = "err";
+      line.textContent = $("error").textContent;
+      $("output").appendChild(line);
     } finally {
       state.run = null;
       setRunning(false);
@@ -526,7 +531,7 @@
     const cells = [
       (sb.created_at || "").replace("T", " ").slice(0, 19),
       sb.image,
-      sb.status + (sb.return_code !== null && sb.return_code !== undefined ? " " + sb.return_code : ""),
+      sb.status + (sb.return_code !== null && sb.return_code !== undefined ? " · " + sb.return_code : ""),
       commandText(sb.cmd),
       sb.id,
     ];

@@ -246,6 +246,7 @@ def test_a_bad_command_and_an_api_error_are_shown(page: Page) -> None:
     page.until(lambda: page.by("error").is_displayed(), 30, "no error shown")
     assert page.text("error").startswith("BadRequestError: timeout: "), page.text("error")
     assert "ceiling" in page.text("error")
+    assert page.status() == "refused" and page.text("output") == page.text("error")  # beside the Run button too
     page.shot("api-error")
 
 
