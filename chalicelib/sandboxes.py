@@ -210,17 +210,28 @@ def list_page(app: App, limit: int, cursor: str | None) -> tuple[list[Sandbox], 
     return items, _encode_cursor(last) if last and len(items) == limit else None
 
 
+CURSOR_KEYS = {"app_id", "created_at", "sandbox_id"}  # the by_app index's key and the table's
+
+
 def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
+    # A cursor is small; a long one, or one that does not decode to our key's shape, was not ours.
     try:
+        if len(cursor) > 2048 or not cursor.isascii():
+            raise ValueError("not a cursor")
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if key["app_id"]["S"] != app_id:
+        if not isinstance(key, dict) or set(key) != CURSOR_KEYS or key["app_id"]["S"] != app_id:
             raise ValueError("another app's cursor")
+        for value in key.values():  # {"name": {"S": "..."}} only, as DynamoDB's own keys
+            if not isinstance(value, dict) or len(value) != 1 or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError("not a key")
+            for v in value.values():
+                v.encode("utf-8")
         return dict(key)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeError is a ValueError
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
 
 
