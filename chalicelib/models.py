@@ -78,6 +78,9 @@ class App(_Base):
     # Per-app ceilings, e.g. {"memory_mb": 512}; a missing key means the global ceiling.
     limits = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
+    # Per-app quotas, e.g. {"concurrency": 10, "rate": 60, "daily_seconds": 3600}; a missing key
+    # means the settings' default, 0 no limit (see ``chalicelib.quotas``).
+    quotas = JSONAttribute(default=dict)
     created_at = UTCDateTimeAttribute(default=utcnow)
     by_owner = AppsByOwner()
 
@@ -211,13 +214,36 @@ class Sandbox(_Base):
     expires_at = TTLAttribute(null=True, default_for_new=expiry)
     woken_at = UTCDateTimeAttribute(null=True)  # when the reconciler last re-sent its wake-up
     dead_letters = NumberAttribute(default=0)  # how often its wake-up reached the dead-letter queue
+    # Run seconds this sandbox reserved of its app's day (its timeout; ``chalicelib.quotas``);
+    # None on rows from before quotas, which hold and release nothing.
+    quota_seconds = NumberAttribute(null=True)
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
+class Counter(_Base):
+    """A quota's counter, changed only by atomic conditional updates (see ``chalicelib.quotas``).
+
+    ``app#<id>`` holds ``active`` (sandboxes queued or running); ``app#<id>#m#<minute>`` the
+    creates of one minute (``n``); ``app#<id>#d#<YYYY-MM-DD>`` one UTC day's ``sandboxes``,
+    ``run_seconds`` and ``charged`` (run seconds reserved by unsettled sandboxes plus those used).
+    """
+
+    class Meta(_Base.Meta):
+        suffix = "counters"
+
+    key = UnicodeAttribute(hash_key=True)
+    active = NumberAttribute(null=True)
+    n = NumberAttribute(null=True)
+    sandboxes = NumberAttribute(null=True)
+    run_seconds = NumberAttribute(null=True)
+    charged = NumberAttribute(null=True)
+    expires_at = TTLAttribute(null=True)
+
+
+MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox, Counter)
 
 
 def configure(settings: Settings) -> None:

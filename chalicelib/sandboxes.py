@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, lifecycle, scheduling
+from chalicelib import aws, lifecycle, quotas, scheduling
 from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -100,6 +100,21 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         raise Unavailable(f"reading servers: {e}") from e
     if req.network and not server.network:
         raise InvalidInput("network", f"server {server.name!r} does not allow network access")
+    try:
+        taken = quotas.take(app, settings, limits["timeout"])
+    except PynamoDBException as e:
+        raise Unavailable(f"counting the app's quotas: {e}") from e
+    try:
+        return _store(ctx, app, req, image, limits, server, taken)
+    except BaseException:
+        quotas.give_back(taken)
+        raise
+
+
+def _store(
+    ctx: Context, app: App, req: SandboxRequest, image: Image, limits: dict[str, float], server: Any, taken: Any
+) -> Sandbox:
+    settings = ctx.settings
     sandbox_id = new_id()
     tar = bundle(req.files)
     payload = tar + req.stdin
@@ -116,6 +131,7 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         files_bytes=len(tar),
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
+        quota_seconds=taken.seconds,
     )
     if fields["files_key"]:
         aws.put_object(settings, fields["files_key"], payload)
