@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
@@ -27,7 +27,7 @@ from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.models import Sandbox
 from chalicelib.settings import Settings
-from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
+from dispatcher.engine import Engine, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
 from dispatcher.retry import Retry, transient
@@ -189,7 +189,13 @@ class Pipeline:
             raise Abort("the dispatcher was stopped before the sandbox started", started=False)
         if self.flags.fenced.is_set() or job.aborted:
             raise Abort(job.aborted or "the lease was lost before the sandbox started", started=False)
-        result = self.engine.run(spec, payload)
+        try:
+            result = self.engine.run(replace(spec, gate=lambda: self._gate(sandbox.sandbox_id, job)), payload)
+        except NotStarted as e:
+            if job.cancelled:
+                log(logger, "sandbox.cancelled_before_start", sandbox_id=sandbox.sandbox_id, server=self.server)
+                return  # the row says cancelled; nothing of the program ran
+            raise Abort(job.aborted or str(e), started=False) from e
         try:
             if job.aborted:
                 raise Abort(job.aborted)
@@ -209,6 +215,34 @@ class Pipeline:
         finally:
             if result.container_id:
                 self.engine.release(result.container_id)
+
+    def _gate(self, sandbox_id: str, job: Job) -> str:
+        """Just before the program starts: "" when the row still holds this run, else why not.
+
+        A cancel answered between the claim and here is seen here, so the
+        program never starts; one answered later finds a started container,
+        which the watch loop kills within ``watch_s``.  When the row cannot be
+        read, the run starts: the watch loop and the fence still hold it.
+        """
+        if job.cancelled or job.aborted:
+            return job.aborted or "cancelled"
+        if self.flags.fenced.is_set():
+            return "the lease was lost before the sandbox started"
+        try:
+            row = Sandbox.get(sandbox_id, consistent_read=True, attributes_to_get=["sandbox_id", "status", "token"])
+        except DoesNotExist:
+            job.aborted = "the sandbox's row is gone"
+            return job.aborted
+        except Exception as e:  # noqa: BLE001 - see above
+            log(logger, "gate.unread", logging.WARNING, sandbox_id=sandbox_id, error=str(e)[:300])
+            return ""
+        if row.status == "running" and row.token == job.token:
+            return ""
+        if row.status == "cancelled":
+            job.cancelled = True
+            return "cancelled before its program started"
+        job.aborted = "the run was handed over before its program started"
+        return job.aborted
 
     def _payload(self, sandbox: Sandbox) -> bytes:
         """The tar (+ stdin) the API stored: in the row when small, in S3 when not."""
