@@ -166,10 +166,22 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
                 "holder",
                 "network",
                 "suspect_at",
+                "parked_app",
             ]
         )
 
     status = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class SandboxesParked(GlobalSecondaryIndex["Sandbox"]):
+    """An app's parked sandboxes, oldest first (sparse: only rows holding ``parked_app``; see ``quotas``)."""
+
+    class Meta:
+        index_name = "parked"
+        projection = IncludeProjection(["status", "server"])
+
+    parked_app = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
@@ -217,10 +229,14 @@ class Sandbox(_Base):
     # Run seconds this sandbox reserved of its app's day (its timeout; ``chalicelib.quotas``);
     # None on rows from before quotas, which hold and release nothing.
     quota_seconds = NumberAttribute(null=True)
+    # The app's id while the sandbox waits parked (queued, no wake-up sent: its app had its fair
+    # share woken already); removed when it is woken (``quotas.unpark``) or settled.
+    parked_app = UnicodeAttribute(null=True)
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
+    parked = SandboxesParked()
 
 
 class Counter(_Base):
@@ -240,10 +256,23 @@ class Counter(_Base):
     sandboxes = NumberAttribute(null=True)
     run_seconds = NumberAttribute(null=True)
     charged = NumberAttribute(null=True)
+    woken = NumberAttribute(null=True)  # the app's sandboxes with a wake-up out, or running (fair share)
+    parked = NumberAttribute(null=True)  # the app's parked sandboxes (a hint: ``unpark`` reads the index)
+    cap = NumberAttribute(null=True)  # the fair share the last create saw, for the releases to use
     expires_at = TTLAttribute(null=True)
 
 
 MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox, Counter)
+
+
+_bound: Settings | None = None
+
+
+def bound_settings() -> Settings:
+    """The settings the models were bound with (``configure``): what a settle needs to send a wake-up."""
+    if _bound is None:
+        raise RuntimeError("models.configure(settings) was not called")
+    return _bound
 
 
 def configure(settings: Settings) -> None:
@@ -254,8 +283,9 @@ def configure(settings: Settings) -> None:
     than once (the admin command line per command, the functional tests per test).
     The API binds them when it builds its ``Context`` (``chalicelib.context``).
     """
-    global _retention
+    global _retention, _bound
     _retention = timedelta(days=settings.retention_days)
+    _bound = settings
     for model in MODELS:
         meta: Any = model.Meta
         binding = {

@@ -34,7 +34,7 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib.errors import InvalidInput, QuotaExceeded
 from chalicelib.logs import describe, log
-from chalicelib.models import App, Counter, utcnow
+from chalicelib.models import App, Counter, DockerServer, Sandbox, bound_settings, utcnow
 from chalicelib.settings import QUOTA_DEFAULTS, Settings
 
 QUOTAS = tuple(QUOTA_DEFAULTS)
@@ -91,9 +91,10 @@ class Taken:
     rate: bool = False
     concurrency: bool = False
     day: bool = False
+    woken: bool = False  # within the app's fair share: wake it now (else it is stored parked)
 
 
-def take(app: App, settings: Settings, timeout_s: float, now: datetime | None = None) -> Taken:
+def take(app: App, settings: Settings, timeout_s: float, now: datetime | None = None, share: int = 0) -> Taken:
     """Count one more sandbox of ``app`` against its quotas, or raise ``QuotaExceeded`` having counted nothing."""
     now = now or utcnow()
     limits = limits_of(app, settings)
@@ -111,9 +112,18 @@ def take(app: App, settings: Settings, timeout_s: float, now: datetime | None = 
                 raise _exceeded("rate", limits["rate"], "sandboxes created per minute", retry)
             taken.rate = True
         concurrency = limits["concurrency"]
-        if not _add(
-            app_key(app.app_id), [Counter.active.add(1)], _below(Counter.active, concurrency) if concurrency else None
-        ):
+        within = _below(Counter.active, concurrency) if concurrency else None
+        # One write in the common case: a slot, and a place in the app's fair share.  Without a
+        # place (the app has ``share`` woken already), the slot alone: the sandbox is stored parked.
+        # An app with sandboxes parked parks the new one too: they are woken oldest first.
+        in_share = _below(Counter.woken, share) & (Counter.parked.does_not_exist() | (Counter.parked <= 0))
+        both = in_share if within is None else within & in_share
+        cap = Counter.cap.set(share)
+        if share and _add(app_key(app.app_id), [Counter.active.add(1), Counter.woken.add(1), cap], both):
+            taken.woken = True
+        elif not share and _add(app_key(app.app_id), [Counter.active.add(1), Counter.woken.add(1), cap], within):
+            taken.woken = True
+        elif not share or not _add(app_key(app.app_id), [Counter.active.add(1), Counter.parked.add(1), cap], within):
             raise _exceeded(
                 "concurrency",
                 concurrency,
@@ -166,7 +176,8 @@ def give_back(taken: Taken) -> None:
             (day_key(taken.app_id, taken.at), [Counter.charged.add(-taken.seconds), Counter.sandboxes.add(-1)], None)
         )
     if taken.concurrency:
-        undo.append((app_key(taken.app_id), [Counter.active.add(-1)], Counter.active > 0))
+        lane = Counter.woken if taken.woken else Counter.parked
+        undo.append((app_key(taken.app_id), [Counter.active.add(-1), lane.add(-1)], Counter.active > 0))
     if taken.rate:
         undo.append((minute_key(taken.app_id, taken.at), [Counter.n.add(-1)], Counter.n > 0))
     for key, actions, condition in undo:
@@ -187,7 +198,16 @@ def release(row: dict[str, Any]) -> None:
     reserved = _n(row, "quota_seconds")
     if not app_id or reserved is None:
         return
-    _add(app_key(app_id), [Counter.active.add(-1)], Counter.active > 0)
+    sandbox_id = _s(row, "sandbox_id") or ""
+    if _s(row, "parked_app"):
+        # Settled while parked (a cancel): it never had a wake-up.  Whoever removes its mark counts it.
+        _add(app_key(app_id), [Counter.active.add(-1)], Counter.active > 0)
+        if _unmark(sandbox_id, Sandbox.status != "queued"):
+            _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
+    else:
+        after = _add_read(app_key(app_id), [Counter.active.add(-1), Counter.woken.add(-1)], Counter.active > 0)
+        if after is not None and (_n(after, "parked") or 0) > 0:
+            unpark(app_id)
     created = _time(row, "created_at")
     if created is None:
         return
@@ -196,6 +216,73 @@ def release(row: dict[str, Any]) -> None:
     if started and finished and finished > started:
         ran = min(math.ceil((finished - started).total_seconds()), int(reserved))
     _add(day_key(app_id, created), [Counter.charged.add(ran - int(reserved)), Counter.run_seconds.add(ran)])
+
+
+def _add_read(key: str, actions: list[Any], condition: Any = None) -> dict[str, Any] | None:
+    """``_add``, answering the counter as it is after the write (None when the condition did not hold)."""
+    try:
+        response = Counter._get_connection().update_item(
+            key, actions=actions, condition=condition, return_values="ALL_NEW"
+        )
+    except UpdateError as e:
+        if _lost(e):
+            return None
+        raise
+    attributes: dict[str, Any] = (response or {}).get("Attributes") or {}
+    return attributes
+
+
+def _unmark(sandbox_id: str, condition: Any, actions: list[Any] | None = None) -> bool:
+    """Remove a sandbox's parked mark if ``condition`` holds and it is still parked; whether this did."""
+    try:
+        Sandbox._get_connection().update_item(
+            sandbox_id,
+            actions=[Sandbox.parked_app.remove(), *(actions or [])],
+            condition=Sandbox.parked_app.exists() & condition,
+            return_values="NONE",
+        )
+    except UpdateError as e:
+        if _lost(e):
+            return False
+        raise
+    return True
+
+
+def unpark(app_id: str, most: int = 100) -> int:
+    """Wake the app's oldest parked sandboxes while it is below its fair share; how many were woken.
+
+    Safe to call any time, from anywhere (a settle, a create that parked, the
+    reconciler): a place in the share is taken first (``woken < cap``, atomic),
+    then the oldest parked row still ``queued`` is unmarked (conditional: one
+    waker wins it) and its wake-up sent.  A place with no row to fill is given back.
+    """
+    from chalicelib import aws  # SQS; imported here: quotas is imported by lifecycle everywhere
+
+    woke = 0
+    while woke < most:
+        if not _add(app_key(app_id), [Counter.woken.add(1)], Counter.woken < Counter.cap):
+            return woke
+        sandbox = None
+        for row in Sandbox.parked.query(app_id, scan_index_forward=True, limit=10, page_size=10):
+            if row.status != "queued":
+                if _unmark(row.sandbox_id, Sandbox.status != "queued"):  # settled while parked: count it once
+                    _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
+                continue
+            if _unmark(row.sandbox_id, Sandbox.status == "queued", [Sandbox.woken_at.set(utcnow())]):
+                sandbox = row
+                break
+        if sandbox is None:
+            _add(app_key(app_id), [Counter.woken.add(-1)], Counter.woken > 0)
+            return woke
+        _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
+        woke += 1
+        try:
+            settings = bound_settings()
+            aws.send_wakeup(settings, DockerServer.get(sandbox.server).queue_url, sandbox.sandbox_id)
+        except Exception as e:  # noqa: BLE001 - queued and unmarked: the reconciler re-sends a lost wake-up
+            log(logger, "quota.wake_failed", logging.WARNING, sandbox_id=sandbox.sandbox_id, error=describe(e))
+        log(logger, "sandbox.unparked", sandbox_id=sandbox.sandbox_id, app_id=app_id, server=sandbox.server)
+    return woke
 
 
 def _s(row: dict[str, Any], name: str) -> str | None:
@@ -223,8 +310,6 @@ def _time(row: dict[str, Any], name: str) -> datetime | None:
 
 def usage(app: App, settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     """What ``GET /api/usage`` and ``manage.py app-usage`` show: now, today, and the limits."""
-    from chalicelib.models import Sandbox  # the by_status index: the reconciler's view of unfinished rows
-
     now = now or utcnow()
     counts = {}
     for status in ("running", "queued"):

@@ -100,8 +100,9 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         raise Unavailable(f"reading servers: {e}") from e
     if req.network and not server.network:
         raise InvalidInput("network", f"server {server.name!r} does not allow network access")
+    share = settings.fair_share or sum(int(s.slots) for s in scheduling.servers(ctx) if s.state == "active")
     try:
-        taken = quotas.take(app, settings, limits["timeout"])
+        taken = quotas.take(app, settings, limits["timeout"], share=max(1, share))
     except PynamoDBException as e:
         raise Unavailable(f"counting the app's quotas: {e}") from e
     try:
@@ -132,15 +133,24 @@ def _store(
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
         quota_seconds=taken.seconds,
+        parked_app=None if taken.woken else app.app_id,
     )
     if fields["files_key"]:
         aws.put_object(settings, fields["files_key"], payload)
     try:
         sandbox = lifecycle.create(sandbox_id, server.name, **fields)
-        aws.send_wakeup(settings, server.queue_url, sandbox_id)
+        if taken.woken:
+            aws.send_wakeup(settings, server.queue_url, sandbox_id)
     except (PynamoDBException, Unavailable) as e:
         _undo(settings, sandbox_id, fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
+    if not taken.woken:
+        # Parked: woken by the app's next settle.  One may have come between the count and the row's
+        # write, and found nothing to wake: look once more, now that the row is there.
+        try:
+            quotas.unpark(app.app_id)
+        except PynamoDBException as e:
+            log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
     log(
         logger,
         "sandbox.created",
@@ -149,6 +159,7 @@ def _store(
         server=server.name,
         files=len(req.files),
         bytes=len(payload),
+        parked=not taken.woken,
     )
     return sandbox
 

@@ -79,6 +79,9 @@ class Settings:
     limits: Mapping[str, Limit] = field(default_factory=dict)
     # Per-app quotas when the app has none of its own (``manage.py app-set-limits``); 0 is no limit.
     quotas: Mapping[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
+    # Fair share: the most sandboxes of one app woken (in a server's queue, or running) at once;
+    # the rest wait parked and are woken as the app's own settle.  0: the active servers' slots.
+    fair_share: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, require_hmac_key: bool = True) -> Settings:
@@ -119,6 +122,7 @@ class Settings:
             heartbeat_ttl_s=_int(env, "OPENDEVELOP_HEARTBEAT_TTL", 30, 5),
             retention_days=_int(env, "OPENDEVELOP_RETENTION_DAYS", 30, 1),
             limits=_limits(env),
+            fair_share=_int(env, "OPENDEVELOP_FAIR_SHARE", 0, 0),
             quotas={
                 name: _int(env, f"OPENDEVELOP_QUOTA_{name.upper()}", default, 0)
                 for name, default in QUOTA_DEFAULTS.items()
