@@ -25,7 +25,7 @@ from pynamodb.expressions.update import Action
 from chalicelib import aws, lifecycle
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
-from chalicelib.models import Sandbox
+from chalicelib.models import App, DockerServer, Sandbox
 from chalicelib.settings import Settings
 from dispatcher.engine import Engine, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
@@ -167,6 +167,12 @@ class Pipeline:
                 owner=sandbox.server,
             )
             return None
+        if sandbox.network:
+            refusal = self.network_refusal(sandbox)
+            if refusal:
+                if lifecycle.fail(sandbox_id, lifecycle.queued_on(self.server), refusal):
+                    log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, reason=refusal)
+                return None
         # Conditional on this server: a sandbox the reconciler moved to another server is that one's now.
         token = lifecycle.claim(sandbox, self.server, self.holder)
         if token is None:
@@ -180,6 +186,27 @@ class Pipeline:
             attempt=int(sandbox.attempts),
         )
         return Claim(sandbox, token)
+
+    def network_refusal(self, sandbox: Sandbox) -> str:
+        """Why a sandbox with network may not run here now ("" when it may).
+
+        Checked at create, and again here, read afresh: an operator may have
+        taken network away from this server or from the app since (the
+        sandbox then ends ``error`` saying so, rather than run with it).
+        """
+        try:
+            server = DockerServer.get(self.server, consistent_read=True, attributes_to_get=["name", "network"])
+        except DoesNotExist:
+            return f"network access refused: server {self.server!r} is no longer registered"
+        if not server.network:
+            return f"network access refused: server {self.server!r} no longer allows network access"
+        try:
+            app = App.get(sandbox.app_id, consistent_read=True, attributes_to_get=["app_id", "network"])
+        except DoesNotExist:
+            return "network access refused: the sandbox's app no longer exists"
+        if not app.network:
+            return f"network access refused: app {sandbox.app_id!r} may no longer give its sandboxes network access"
+        return ""
 
     def run(self, sandbox: Sandbox, job: Job) -> None:
         """Run the claimed sandbox and record its result; raises what the run failed with."""
