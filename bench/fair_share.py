@@ -60,7 +60,11 @@ def create_times(bench: Bench, session: requests.Session, samples: int) -> list[
         )
         out.append(time.perf_counter() - started)
         response.raise_for_status()
-        bench.wait(response.json()["id"])
+        sandbox_id = response.json()["id"]
+        while session.get(
+            f"{bench.stack.api_url}/api/sandboxes/{sandbox_id}", params={"wait": "20"}, timeout=60
+        ).json()["status"] in ("queued", "running"):
+            pass
     return out
 
 
