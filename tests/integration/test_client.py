@@ -210,6 +210,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
     assert set(document["paths"]) == {
         "/api/openapi.json",
         "/api/images",
+        "/api/usage",
         "/api/sandboxes",
         "/api/sandboxes/{sandbox_id}",
     }
