@@ -39,7 +39,7 @@ LOCAL_ENDPOINT = "http://127.0.0.1:5000"
 
 
 # Per-app quotas: sandboxes queued or running at once, creates per minute, run seconds per UTC day.
-QUOTA_DEFAULTS = {"concurrency": 100, "rate": 600, "daily_seconds": 24 * 3600}
+QUOTA_DEFAULTS = {"concurrency": 1000, "rate": 600, "daily_seconds": 24 * 3600}
 
 
 class SettingsError(ValueError):
