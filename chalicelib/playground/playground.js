@@ -11,6 +11,7 @@
   const KEPT_RUNS = 50; // runs whose files this browser keeps (the API does not return a run's files)
   const KEPT_BYTES = 256 * 1024;
   const HISTORY_PAGE = 10;
+  const FINAL = ["terminated", "error", "cancelled"];
   const HELLO = {
     ".py": 'print("Hello, world!")\n',
     ".js": 'console.log("Hello, world!");\n',
@@ -389,7 +390,7 @@
   async function settled(id) {
     for (;;) {
       const sandbox = await api("api/sandboxes/" + id + "?wait=20");
-      if (!["queued", "running"].includes(sandbox.status)) return sandbox;
+      if (FINAL.includes(sandbox.status)) return sandbox;
     }
   }
 
