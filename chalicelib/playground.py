@@ -35,7 +35,7 @@ def _digest(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def page() -> Page:
-    """The page, whole (about 40 KB), with the headers to serve it with."""
+    """The page, whole (about 34 KB, 10 KB gzipped), with the headers to serve it with."""
     html = (HERE / "index.html").read_text(encoding="utf-8")
     css = (HERE / "playground.css").read_text(encoding="utf-8")
     js = (HERE / "playground.js").read_text(encoding="utf-8")
@@ -60,6 +60,6 @@ def page() -> Page:
         "Content-Security-Policy": policy,
         "Cache-Control": "no-cache",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",  # the embed key travels in the fragment; never in a Referer
+        "Referrer-Policy": "no-referrer",
     }
     return Page(body, headers)

@@ -38,6 +38,7 @@
     ceilings: {},
     run: null, // {id, cancelled}
     next: null, // history cursor
+    historyAsked: 0,
   };
 
   // ---- the API ---------------------------------------------------------------
@@ -512,10 +513,14 @@
     try { localStorage.setItem("opendevelop.runs." + state.auth.app, JSON.stringify(runs)); } catch (e) { /* storage full: history still shows the run */ }
   }
 
+  // A fresh load replaces the list only when its page arrives, and only if no later load was asked for.
   async function showHistory(fresh) {
-    if (fresh) { state.next = null; $("history-list").textContent = ""; }
+    const asked = ++state.historyAsked;
+    const cursor = fresh ? null : state.next;
     try {
-      const page = await api("api/sandboxes?limit=" + HISTORY_PAGE + (state.next ? "&cursor=" + encodeURIComponent(state.next) : ""));
+      const page = await api("api/sandboxes?limit=" + HISTORY_PAGE + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+      if (asked !== state.historyAsked) return;
+      if (fresh) $("history-list").textContent = "";
       for (const sb of page.sandboxes) $("history-list").appendChild(historyItem(sb));
       state.next = page.next;
       $("history-more").hidden = !page.next;

@@ -10,12 +10,15 @@ CPU on a 2-core machine); each test leaves a screenshot in
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import requests
 
 from infra.images import build
 
@@ -136,6 +139,54 @@ class Page:
 @pytest.fixture
 def page(browser: Any, stack: RunningStack) -> Page:
     return Page(browser, stack)
+
+
+STAGE = "/api"  # API Gateway's stage name in .chalice/config.json: the page is at /api, the API under /api/api/
+
+
+@pytest.fixture(scope="module")
+def staged(stack: RunningStack) -> Iterator[str]:
+    """The API behind a stage prefix, as API Gateway serves it: ``/api/x`` here is ``/x`` of ``chalice local``."""
+    upstream = stack.stack.api_url
+    hop = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            path = self.path
+            if path != STAGE and not path.startswith(STAGE + "/") and not path.startswith(STAGE + "?"):
+                self.send_error(403, "outside the stage")  # API Gateway: "Missing Authentication Token"
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+            answer = requests.request(
+                self.command,
+                upstream + (path[len(STAGE) :] or "/"),
+                headers=headers,
+                data=self.rfile.read(length) if length else None,
+                allow_redirects=False,
+                timeout=60,
+            )
+            self.send_response(answer.status_code)
+            for name, value in answer.headers.items():
+                if name.lower() not in hop and name.lower() != "content-encoding":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_DELETE = forward
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{STAGE}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_wrong_secret_is_refused_as_the_api_words_it_and_the_right_one_signs_in(page: Page) -> None:
@@ -304,3 +355,14 @@ def test_embed_mode_runs_one_snippet(page: Page) -> None:
     assert page.settled() == "terminated", page.text("error")
     assert page.text("stdout") == "42\n"
     page.shot("embed")
+
+
+def test_behind_a_stage_prefix_the_page_calls_the_api_relative_to_itself(page: Page, staged: str) -> None:
+    page.open(staged)  # no trailing slash, as API Gateway also serves a stage's root
+    page.sign_in()
+    page.until(lambda: page.by("main").is_displayed() and page.options(), 60, "not signed in behind the prefix")
+    page.choose("python")
+    page.by("run").click()
+    assert page.settled() == "terminated", page.text("error")
+    assert page.text("stdout") == HELLO + "\n"
+    page.shot("stage-prefix")
