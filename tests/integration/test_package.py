@@ -86,6 +86,9 @@ def test_the_lambda_bundle_carries_only_what_the_handlers_import(package: Path) 
     assert not [top for top in tops if top.split("-", 1)[0].lower() in absent], sorted(tops)
     hosts = [n for n in names if re.search(r"(^|/)hosts(\.py|/)", n)]
     assert not hosts, hosts
+    # The playground page is package data the API reads at GET /.
+    page = {f"chalicelib/playground/{f}" for f in ("index.html", "playground.css", "playground.js")}
+    assert page <= set(names), sorted(page - set(names))
 
 
 def test_cfn_lint_finds_nothing_in_the_packaged_template(package: Path) -> None:
