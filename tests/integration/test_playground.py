@@ -25,6 +25,7 @@ from infra.images import build
 from .helpers import ROOT, RunningStack
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
+DOWNLOADS = ROOT / "test-artifacts" / "downloads"
 FINAL = ("terminated", "error", "cancelled")
 WAIT_S = 90  # generous: CI is a loaded 2-core machine, and rust/java compile first
 HELLO = "Hello, world!"
@@ -49,6 +50,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", WINDOW):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, shown when a wait fails
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(DOWNLOADS), "download.prompt_for_download": False}
+    )
     log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
     # Both paths given: Selenium never looks for (or downloads) a driver or a browser of its own.
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver, log_output=str(log)))
@@ -288,6 +293,11 @@ def test_a_bad_command_and_an_api_error_are_shown(page: Page) -> None:
     assert page.fact("return code") == "127"
     assert "not found" in page.text("stderr")
     page.shot("bad-command")
+    run_id = page.text("status").split(" · ")[1]
+    page.driver.execute_script("[...document.querySelectorAll('#downloads button')].at(-1).click()")  # stderr
+    saved = DOWNLOADS / f"{run_id}.stderr"
+    page.until(saved.exists, 30, "the stderr download never arrived")
+    assert saved.read_bytes() == page.stack.client.get(f"/api/sandboxes/{run_id}/stderr").content
 
     page.by("more").click()  # stdin, environment, limits
     label = page.driver.execute_script("return document.getElementById('limit-timeout').parentElement.textContent")
@@ -304,9 +314,11 @@ def test_a_bad_command_and_an_api_error_are_shown(page: Page) -> None:
 def test_history_reopens_a_run_with_its_files_command_and_result(page: Page) -> None:
     page.signed_in()
     page.choose("python")
-    page.driver.execute_script(
-        "document.getElementById('code').value = arguments[0]", "import helper\nprint(helper.GREETING)\n"
-    )
+    main = "import helper, os, sys\nprint(helper.GREETING, os.environ['WHO'], sys.stdin.read().strip())\n"
+    page.driver.execute_script("document.getElementById('code').value = arguments[0]", main)
+    page.by("more").click()
+    page.set("stdin", "and stdin")
+    page.set("env", "WHO=to env")
     page.by("file-add").click()
     prompt = page.driver.switch_to.alert
     prompt.send_keys("helper.py")
@@ -314,7 +326,7 @@ def test_history_reopens_a_run_with_its_files_command_and_result(page: Page) -> 
     page.by("code").send_keys('GREETING = "hello from helper"\n')
     page.by("run").click()
     assert page.settled() == "terminated", page.text("error")
-    assert page.text("stdout") == "hello from helper\n"
+    assert page.text("stdout") == "hello from helper to env and stdin\n"
     run_id = page.text("status").split(" · ")[1]
 
     page.signed_in()  # a fresh page: nothing of that run in the editor
@@ -325,10 +337,13 @@ def test_history_reopens_a_run_with_its_files_command_and_result(page: Page) -> 
     assert first == run_id  # newest first
     page.driver.execute_script(f"document.querySelector('{item}').click()")
 
-    page.until(lambda: page.text("stdout") == "hello from helper\n", 30, "the run's result was not shown")
+    expected = "hello from helper to env and stdin\n"
+    page.until(lambda: page.text("stdout") == expected, 30, "the run's result was not shown")
     tabs = page.driver.execute_script("return [...document.querySelectorAll('#tabs button')].map(b => b.textContent)")
     assert tabs == ["main.py", "helper.py"]
-    assert page.by("code").get_attribute("value") == "import helper\nprint(helper.GREETING)\n"
+    assert page.by("code").get_attribute("value") == main
+    assert page.by("stdin").get_attribute("value") == "and stdin"
+    assert page.by("env").get_attribute("value") == "WHO=to env"
     assert page.by("cmd").get_attribute("value") == "python3 main.py"
     assert page.status() == "terminated"
     page.shot("history-reopened")
