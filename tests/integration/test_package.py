@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chalicelib import models
+from chalicelib import models, playground
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_the_lambda_bundle_carries_only_what_the_handlers_import(package: Path) 
     hosts = [n for n in names if re.search(r"(^|/)hosts(\.py|/)", n)]
     assert not hosts, hosts
     # The playground page is package data the API reads at GET /.
-    page = {f"chalicelib/playground/{f}" for f in ("index.html", "playground.css", "playground.js")}
+    page = {f"chalicelib/playground/{f}" for f in ("index.html", "playground.css", *playground.SCRIPTS)}
     assert page <= set(names), sorted(page - set(names))
 
 
