@@ -212,9 +212,15 @@ def test_a_wrong_secret_is_refused_as_the_api_words_it_and_the_right_one_signs_i
     assert not page.by("error").is_displayed()
     assert page.options() == sorted(i for i in page.stack.client.get("/api/images").json())
 
-    page.open()  # signed in, from session storage: images, ceilings and history load before ready
-    signed = page.driver.execute_script("return performance.getEntriesByName('playground-ready')[0].startTime")
-    print(f"time to interactive: sign-in form {took:.0f} ms, signed in (images loaded) {signed:.0f} ms")
+    ready = "return performance.getEntriesByName('playground-ready')[0].startTime"
+    signed = []
+    for _ in range(5):  # signed in, from session storage: the images and the ceilings load before ready
+        page.open()
+        signed.append(page.driver.execute_script(ready))
+    print(
+        f"time to interactive (navigation start to ready): sign-in form {took:.0f} ms, "
+        f"signed in, images loaded {sorted(signed)[2]:.0f} ms (median of 5, {min(signed):.0f}-{max(signed):.0f})"
+    )
     assert page.by("main").is_displayed()
     page.shot("signed-in")
 
