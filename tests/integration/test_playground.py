@@ -195,6 +195,8 @@ def staged(stack: RunningStack) -> Iterator[str]:
 
 
 def test_a_wrong_secret_is_refused_as_the_api_words_it_and_the_right_one_signs_in(page: Page) -> None:
+    from selenium.webdriver.common.keys import Keys
+
     page.open()
     page.driver.execute_script("sessionStorage.clear()")
     page.open()
@@ -206,8 +208,7 @@ def test_a_wrong_secret_is_refused_as_the_api_words_it_and_the_right_one_signs_i
     assert not page.by("main").is_displayed()
     page.shot("sign-in-wrong-secret")
 
-    page.set("secret", page.stack.demo["secret"])
-    page.by("sign-in-button").click()
+    page.set("secret", page.stack.demo["secret"] + Keys.ENTER)  # the keyboard signs in
     page.until(lambda: page.by("main").is_displayed() and page.options(), 60, "not signed in")
     assert not page.by("error").is_displayed()
     assert page.options() == sorted(i for i in page.stack.client.get("/api/images").json())
@@ -353,6 +354,21 @@ def test_history_reopens_a_run_with_its_files_command_and_result(page: Page) -> 
     assert page.by("cmd").get_attribute("value") == "python3 main.py"
     assert page.status() == "terminated"
     page.shot("history-reopened")
+
+    # A run made elsewhere (here, with curl's request) reopens with its command and result, and says
+    # that this browser has no copy of its files.
+    elsewhere = page.stack.client.submit(["echo from elsewhere"], {"x.txt": "x"}, image="python")
+    page.stack.client.wait_done(elsewhere, 60)
+    page.by("history-refresh").click()
+    other = f'#history-list button[data-id="{elsewhere}"]'
+    page.until(lambda: page.driver.execute_script(f"return !!document.querySelector('{other}')"), 30, "not listed")
+    page.driver.execute_script(f"document.querySelector('{other}').click()")
+    page.until(lambda: page.text("stdout") == "from elsewhere\n", 30, "the other run's result was not shown")
+    assert page.by("cmd").get_attribute("value") == "echo from elsewhere"
+    assert page.text("error") == (
+        f"This browser did not keep the files of run {elsewhere} "
+        "(the API returns a run's command, limits and output, not its files)"
+    )
 
     # Paged: ten a page, the next behind "More".
     total = len(page.stack.client.get("/api/sandboxes", params={"limit": 100}).json()["sandboxes"])
