@@ -12,6 +12,7 @@ const LIMIT_NAMES = { timeout: "timeout (s)", memory_mb: "memory (MB)", cpus: "C
 const KEPT_RUNS = 50; // runs whose files this browser keeps (the API does not return a run's files)
 const KEPT_BYTES = 256 * 1024;
 const HISTORY_PAGE = 10;
+const PANE_CHARS = 256 * 1024; // the most output the live pane keeps
 const FINAL = ["terminated", "error", "cancelled"];
 const HELLO = {
   ".py": 'print("Hello, world!")\n',

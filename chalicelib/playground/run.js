@@ -58,6 +58,24 @@ async function run() {
 }
 
 // The live tail: the interleaved output from byte `offset`, each call held up to 20 s.
+// The live pane keeps the last PANE_CHARS of the output: a program may write megabytes, and the
+// page never holds them all (the downloads have the whole).
+function appendOutput(out, text) {
+  out.appendChild(document.createTextNode(text));
+  let over = out.textContent.length - PANE_CHARS;
+  if (over <= 0) return;
+  $("output-cut").hidden = false;
+  while (over > 0 && out.firstChild) {
+    const first = out.firstChild;
+    if (first.nodeType === Node.TEXT_NODE && first.data.length > over) {
+      first.data = first.data.slice(over);
+      return;
+    }
+    over -= first.textContent.length;
+    out.removeChild(first);
+  }
+}
+
 async function follow(id) {
   let offset = 0;
   const out = $("output");
@@ -65,7 +83,7 @@ async function follow(id) {
   for (;;) {
     const part = await api("api/sandboxes/" + id + "/logs?offset=" + offset + "&wait=20");
     if (part.data) {
-      out.appendChild(document.createTextNode(part.data));
+      appendOutput(out, part.data);
       out.scrollTop = out.scrollHeight;
     }
     offset = part.next;
@@ -111,6 +129,7 @@ function setStatus(status, id) {
 
 function clearResult() {
   $("output").textContent = "";
+  $("output-cut").hidden = true;
   $("facts").hidden = $("streams").hidden = $("downloads").hidden = true;
   $("facts").textContent = $("downloads").textContent = "";
 }

@@ -277,6 +277,24 @@ def test_a_line_printed_each_second_shows_before_the_program_ends(page: Page) ->
     assert int(page.fact("duration").split()[0]) >= 7000
 
 
+def test_a_flood_of_output_keeps_only_its_end_in_the_page(page: Page) -> None:
+    page.signed_in()
+    page.choose("python")
+    program = "import sys\nfor i in range(1000):\n    sys.stdout.write(f'{i:05d}' + 'x' * 594 + '\\n')\n"
+    page.driver.execute_script("document.getElementById('code').value = arguments[0]", program)
+    page.by("more").click()
+    page.set("limit-output_kb", "1024")
+    page.by("run").click()
+    assert page.settled() == "terminated", page.text("error")
+
+    shown = page.text("output")
+    assert len(shown) == 256 * 1024  # the live pane's cap, of the 600,000 characters written
+    assert shown.endswith("00999" + "x" * 594 + "\n")
+    assert page.by("output-cut").is_displayed()
+    assert page.fact("return code") == "0"
+    page.shot("flood")
+
+
 def test_cancel_stops_a_running_program(page: Page) -> None:
     page.signed_in()
     page.choose("python")
