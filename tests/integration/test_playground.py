@@ -177,7 +177,10 @@ def staged(stack: RunningStack) -> Iterator[str]:
                     self.send_header(name, value)
             self.send_header("Content-Length", str(len(answer.content)))
             self.end_headers()
-            self.wfile.write(answer.content)
+            try:
+                self.wfile.write(answer.content)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the browser left the page (the next test's navigation) while a call was under way
 
         do_GET = do_POST = do_DELETE = forward
 
