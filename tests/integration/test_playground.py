@@ -171,13 +171,13 @@ def staged(stack: RunningStack) -> Iterator[str]:
                 allow_redirects=False,
                 timeout=60,
             )
-            self.send_response(answer.status_code)
-            for name, value in answer.headers.items():
-                if name.lower() not in hop and name.lower() != "content-encoding":
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
             try:
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in hop and name.lower() != "content-encoding":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
                 self.wfile.write(answer.content)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the browser left the page (the next test's navigation) while a call was under way
