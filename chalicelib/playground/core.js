@@ -61,6 +61,11 @@ async function api(path, options) {
   try {
     response = await fetch(BASE + path, opts);
   } catch (e) {
+    if (opts.raw) {
+      // A stream stored outside the API is a redirect to storage, which the browser follows only
+      // where that storage allows this page's origin.
+      throw new ApiError("The download failed (" + e.message + "): if the stream is stored outside the API, its storage does not let this page read it; `curl -L` with the app's credentials fetches it");
+    }
     throw new ApiError("The API did not answer (" + e.message + ")");
   }
   if (opts.raw) {

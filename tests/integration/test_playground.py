@@ -296,6 +296,14 @@ def test_a_flood_of_output_keeps_only_its_end_in_the_page(page: Page) -> None:
     assert page.by("output-cut").is_displayed()
     assert page.fact("return code") == "0"
     page.shot("flood")
+    # 600 KB of stdout lives in storage: its download is a redirect there, which the page follows.
+    run_id = page.text("status").split(" · ")[1]
+    stored = page.stack.client.get(f"/api/sandboxes/{run_id}/stdout", allow_redirects=False)
+    assert stored.status_code == 307, stored.status_code
+    page.driver.execute_script("document.querySelector('#downloads button').click()")  # stdout
+    saved = DOWNLOADS / f"{run_id}.stdout"
+    page.until(saved.exists, 30, f"the stdout download never arrived ({page.text('error')!r})")
+    assert saved.read_bytes() == page.stack.client.get(f"/api/sandboxes/{run_id}/stdout").content
 
 
 def test_cancel_stops_a_running_program(page: Page) -> None:
