@@ -3,9 +3,9 @@
 The page is package data in ``chalicelib/playground/`` (``index.html``,
 ``playground.css`` and the script's parts, ``SCRIPTS``; no build step, nothing
 fetched from elsewhere), put together into one HTML document on first use and
-kept.  It signs in and calls the API
-from the browser, with URLs relative to its own, so it works under ``chalice
-local`` and behind API Gateway's stage prefix alike.
+kept.  It signs in and calls the API from the browser, with URLs relative to
+its own, so it works under ``chalice local`` and behind API Gateway's stage
+prefix alike.
 
 The answer carries a Content-Security-Policy that lets only the page's own
 script and style run (by their SHA-256), since the page holds an app's secret.
