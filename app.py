@@ -15,9 +15,9 @@ from typing import Any
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import images, models, openapi, params, reconciler, sandboxes
+from chalicelib import batches, images, models, openapi, params, reconciler, sandboxes, webhooks
 from chalicelib.context import get_context
-from chalicelib.errors import OpenDevelopError, Unavailable
+from chalicelib.errors import InvalidInput, OpenDevelopError, Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.validation import parse_request
 
@@ -100,6 +100,10 @@ def show_image(name: str) -> Any:
 def list_sandboxes() -> Any:
     owner = current_app()
     given = query()
+    if given["ids"] is not None:
+        return {"sandboxes": batches.show_many(get_context(), owner, given["ids"], given["wait"]), "next": None}
+    if given["wait"]:
+        raise InvalidInput("wait", "is taken with ids= (a page is never held)")
     items, cursor = sandboxes.list_page(owner, given["limit"], given["cursor"])
     return {"sandboxes": sandboxes.show_many(get_context().settings, items), "next": cursor}
 
@@ -169,6 +173,23 @@ def create_sandbox() -> Any:
     return Response(body=json.dumps(sandboxes.to_json(sandbox)), status_code=201, headers=headers)  # no output yet
 
 
+@app.route("/api/sandboxes/batch", methods=["POST"], content_types=["*/*"])
+@api_view
+def create_sandboxes() -> Any:
+    """Up to 100 creates in one request: 201, or 207 when some items failed (each answered in its place)."""
+    request = app.current_request
+    assert request is not None
+    owner = current_app()
+    ctx = get_context()
+    items = batches.parse(request.headers.get("content-type"), request.raw_body or b"", ctx.settings.max_upload_bytes)
+    answers, some_failed = batches.create(ctx, owner, items)
+    return Response(
+        body=json.dumps({"sandboxes": answers}),
+        status_code=207 if some_failed else 201,
+        headers={"Content-Type": "application/json"},
+    )
+
+
 def _wants_plain_text(accept: str | None) -> bool:
     """The original API answered a bare id; a client that asks for text/plain still gets it."""
     if not accept:
@@ -181,3 +202,18 @@ def _wants_plain_text(accept: str | None) -> bool:
 def reconcile(event: Any) -> dict[str, Any]:
     """Every accepted sandbox reaches a final state: see ``chalicelib.reconciler``."""
     return reconciler.reconcile(get_context().settings)
+
+
+# The webhooks queue's name in the deployed stage (the AWS template's WebhooksQueue, TablePrefix
+# opendevelop-prod): Chalice needs it as a literal here.  Locally infra/local/webhooks.py polls the
+# stack's own queue and calls this same function.
+WEBHOOK_QUEUE = "opendevelop-prod-webhooks"
+
+
+@app.on_sqs_message(queue=WEBHOOK_QUEUE, batch_size=1)
+def deliver_webhook(event: Any) -> None:
+    """One delivery attempt per message (``chalicelib.webhooks.handle``): a slow receiver holds no dispatcher."""
+    settings = get_context().settings
+    for record in event:
+        outcome = webhooks.handle(settings, json.loads(record.body))
+        log(logger, "webhook.handled", outcome=outcome)

@@ -169,12 +169,14 @@ def app_create(args: argparse.Namespace, settings: Settings) -> None:
         limits=_limits(args),
         network=args.network,
     )
-    data = {**admin.describe(app), "secret": secret}
+    data = {**admin.describe(app), "secret": secret, "webhook_secret": app.webhook_secret}
     out(
         args,
         data,
         f"app {app.name} created\napp id: {app.app_id}\nsecret: {secret}\n"
-        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)",
+        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)\n"
+        f"webhook secret: {app.webhook_secret}\n"
+        "(verifies the app's webhooks; ./manage.py app-rotate-webhook-secret makes a new one)",
     )
 
 
@@ -195,6 +197,12 @@ def app_set_limits(args: argparse.Namespace, settings: Settings) -> None:
 def app_rotate_secret(args: argparse.Namespace, settings: Settings) -> None:
     app, secret = admin.app_rotate_secret(args.app_id, settings)
     out(args, {"app_id": app.app_id, "secret": secret}, f"app id: {app.app_id}\nsecret: {secret}")
+
+
+@command("app-rotate-webhook-secret", "give an app a new webhook secret (whsec_...; the old one stops signing)")
+def app_rotate_webhook_secret(args: argparse.Namespace, settings: Settings) -> None:
+    app, secret = admin.app_rotate_webhook_secret(args.app_id)
+    out(args, {"app_id": app.app_id, "webhook_secret": secret}, f"app id: {app.app_id}\nwebhook secret: {secret}")
 
 
 @command("app-delete", "delete an app")
@@ -320,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
             p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit, help=f"ceiling for {limit}")
     p["app-create"].add_argument("--network", action="store_true", help="sandboxes may ask for network access")
     p["app-set-limits"].add_argument("--network", action=argparse.BooleanOptionalAction, default=None)
-    for name in ("app-set-limits", "app-rotate-secret", "app-delete"):
+    for name in ("app-set-limits", "app-rotate-secret", "app-rotate-webhook-secret", "app-delete"):
         p[name].add_argument("--app_id", "--app-id", dest="app_id", required=True)
     p["image-create"].add_argument("--name", required=True)
     p["image-create"].add_argument("--description", default="")

@@ -20,10 +20,19 @@ the row.  Every later write of that run -- its result, its give-back, its
 failure -- is conditional on that token, so a run that was handed over (the
 reconciler requeued it, another dispatcher claimed it) can never write over
 its successor: the token is the fence, not the server's name.
+
+The settling transitions (``record``, ``fail``, ``cancel``) are where a
+sandbox's webhook is sent from: right after the write it won, by the process
+that won it (the dispatcher, the watchdog, the reconciler, the API's cancel),
+its first delivery attempt is queued (``_settled``).  A queueing that fails,
+or a process that dies between the write and the queueing, loses nothing: the
+row says ``callback_status`` pending, and the reconciler queues again what has
+waited too long (``chalicelib.webhooks.rederive``).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -32,9 +41,12 @@ from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib.models import FINAL_STATES, Sandbox, utcnow
+from chalicelib import aws
+from chalicelib.logs import describe, log
+from chalicelib.models import FINAL_STATES, Sandbox, bound_settings, utcnow
 
 ERROR_MAX_CHARS = 1000
+logger = logging.getLogger("opendevelop.lifecycle")
 
 
 def lost(e: Exception) -> bool:
@@ -44,17 +56,37 @@ def lost(e: Exception) -> bool:
     return "ConditionalCheckFailed" in str(e)
 
 
-def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition) -> bool:
-    """One conditional update that does not read the item back (so a malformed row can still be settled)."""
+def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, settles: bool = False) -> bool:
+    """One conditional update that does not parse the item back (so a malformed row can still be settled).
+
+    ``settles``: the write moves the sandbox to a final state; the winner does
+    what follows a settle (``_settled``).
+    """
     try:
-        Sandbox._get_connection().update_item(
-            sandbox_id, actions=list(actions), condition=condition, return_values="NONE"
+        response = Sandbox._get_connection().update_item(
+            sandbox_id, actions=list(actions), condition=condition, return_values="ALL_NEW" if settles else "NONE"
         )
     except UpdateError as e:
         if lost(e):
             return False
         raise
+    if settles:
+        _settled(sandbox_id, (response or {}).get("Attributes") or {})
     return True
+
+
+def _settled(sandbox_id: str, row: dict[str, Any]) -> None:
+    """After a settling write was won (once per sandbox): queue its webhook's first attempt, if it has one.
+
+    The transition stands whatever happens here; a webhook not queued is queued
+    again by the reconciler (``webhooks.rederive``).
+    """
+    if "callback_url" not in row:
+        return
+    try:
+        aws.send_webhook(bound_settings(), sandbox_id, attempt=0)
+    except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
+        log(logger, "webhook.enqueue_failed", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
 
 
 # Conditions: the state a write leaves.
@@ -97,6 +129,20 @@ def create(sandbox_id: str, server: str, **fields: Any) -> Sandbox:
     return sandbox
 
 
+def create_many(rows: Sequence[Sandbox]) -> None:
+    """New rows (``queued``), written with ``BatchWriteItem``: no condition, as their ids are new and random."""
+    with Sandbox.batch_write() as batch:
+        for row in rows:
+            batch.save(row)
+
+
+def delete_many(sandbox_ids: Sequence[str]) -> None:
+    """Remove rows a failed batch create may have stored."""
+    with Sandbox.batch_write() as batch:
+        for sandbox_id in sandbox_ids:
+            batch.delete(Sandbox(sandbox_id))
+
+
 def claim(sandbox: Sandbox, server: str, holder: str) -> str | None:
     """``queued`` on ``server`` -> ``running``, one more attempt; the run's token, or None when lost.
 
@@ -129,7 +175,7 @@ def record(sandbox_id: str, token: str, result: Sequence[Action]) -> bool:
     ``terminated`` before the result.
     """
     actions = [*result, Sandbox.finished_at.set(utcnow()), Sandbox.status.set("terminated")]
-    return _write(sandbox_id, actions, running_as(token))
+    return _write(sandbox_id, actions, running_as(token), settles=True)
 
 
 def give_back(sandbox_id: str, leaving: Condition, to_server: str | None = None, counted: bool = True) -> bool:
@@ -159,7 +205,7 @@ def fail(sandbox_id: str, leaving: Condition, reason: str) -> bool:
         Sandbox.error.set(reason[:ERROR_MAX_CHARS]),
         Sandbox.finished_at.set(utcnow()),
     ]
-    return _write(sandbox_id, actions, leaving)
+    return _write(sandbox_id, actions, leaving, settles=True)
 
 
 def move(sandbox_id: str, from_server: str | None, to_server: str) -> bool:
@@ -193,6 +239,7 @@ def cancel(sandbox: Sandbox) -> bool:
         if lost(e):
             return False
         raise
+    _settled(sandbox.sandbox_id, sandbox.serialize())
     return True
 
 

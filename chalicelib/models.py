@@ -78,6 +78,9 @@ class App(_Base):
     # Per-app ceilings, e.g. {"memory_mb": 512}; a missing key means the global ceiling.
     limits = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
+    # Signs the app's webhooks (``whsec_...``; see ``chalicelib.webhook_send``).  Kept as it is, since
+    # signing needs it: the table is encrypted at rest and only the API's role reads it.
+    webhook_secret = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
     by_owner = AppsByOwner()
 
@@ -177,6 +180,21 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
+class SandboxesByCallback(GlobalSecondaryIndex["Sandbox"]):
+    """Sandboxes whose webhook is still to be delivered (sparse: ``callback_pending`` is set only then).
+
+    The reconciler reads it to send again what a lost enqueue or a crashed
+    delivery left (``chalicelib.webhooks.rederive``).
+    """
+
+    class Meta:
+        index_name = "by_callback"
+        projection = IncludeProjection(["status", "finished_at", "callback_attempts", "callback_due_at"])
+
+    callback_pending = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
 class Sandbox(_Base):
     class Meta(_Base.Meta):
         suffix = "sandboxes"
@@ -228,11 +246,30 @@ class Sandbox(_Base):
     dead_letters = NumberAttribute(default=0)  # how often its wake-up reached the dead-letter queue
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)
+    # The webhook (``callback_url``; see ``chalicelib.webhooks``): pending, delivered or failed; the
+    # attempts made; the last one's error; when the next attempt is due (or a claimed one times out).
+    callback_url = UnicodeAttribute(null=True)
+    callback_status = UnicodeAttribute(null=True)
+    callback_attempts = NumberAttribute(null=True)
+    callback_error = UnicodeAttribute(null=True)
+    callback_due_at = UTCDateTimeAttribute(null=True)
+    callback_pending = UnicodeAttribute(null=True)  # "1" while pending: the by_callback index's key
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
+    by_callback = SandboxesByCallback()
 
 
 MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
+
+
+_bound: Settings | None = None
+
+
+def bound_settings() -> Settings:
+    """The settings the models were bound with (``configure``): what a settle needs to send a wake-up."""
+    if _bound is None:
+        raise RuntimeError("models.configure(settings) was not called")
+    return _bound
 
 
 def configure(settings: Settings) -> None:
@@ -243,8 +280,9 @@ def configure(settings: Settings) -> None:
     than once (the admin command line per command, the functional tests per test).
     The API binds them when it builds its ``Context`` (``chalicelib.context``).
     """
-    global _retention
+    global _retention, _bound
     _retention = timedelta(days=settings.retention_days)
+    _bound = settings
     for model in MODELS:
         meta: Any = model.Meta
         binding = {

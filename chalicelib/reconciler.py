@@ -45,7 +45,7 @@ from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import aws, dead_letters, lifecycle, liveness, models
+from chalicelib import aws, dead_letters, lifecycle, liveness, models, webhooks
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive, is_healthy
 from chalicelib.logs import log
@@ -94,6 +94,7 @@ def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> d
     for row in queued:
         _settle_queued(settings, config, row, servers, report)
     _rewake(settings, config, [row for row in queued if row.sandbox_id not in report.moved], servers, report)
+    report.webhooks = webhooks.rederive(settings, report.errors)
     summary = report.as_dict()
     if any(summary.values()):
         level = logging.WARNING if report.errors else logging.INFO

@@ -11,17 +11,18 @@ import base64
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, lifecycle, output, scheduling
+from chalicelib import aws, lifecycle, output, scheduling, webhooks
 from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
 from chalicelib.files import bundle
 from chalicelib.logs import describe, log
-from chalicelib.models import FINAL_STATES, App, Image, Sandbox
+from chalicelib.models import FINAL_STATES, App, DockerServer, Image, Sandbox
 from chalicelib.settings import Settings
 from chalicelib.validation import SandboxRequest, resolve_limits
 
@@ -83,13 +84,28 @@ def _image(ctx: Context, name: str) -> Image:
 INLINE_PAYLOAD_BYTES = 16 * 1024
 
 
-def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
-    """Validate against the app and the platform, store, and queue.  All or nothing."""
+@dataclass
+class Plan:
+    """A create checked against the app and the platform, before anything is stored."""
+
+    sandbox_id: str
+    server: DockerServer
+    fields: dict[str, Any]
+    payload: bytes  # the files' tar and stdin: stored in S3 at ``fields["files_key"]`` when large
+
+    def row(self) -> Sandbox:
+        return Sandbox(self.sandbox_id, status="queued", server=self.server.name, **self.fields)
+
+
+def plan(ctx: Context, app: App, req: SandboxRequest) -> Plan:
+    """Check ``req`` against the app and the platform and choose its server; store nothing."""
     settings = ctx.settings
     image = _image(ctx, req.image)
     limits = resolve_limits(req.limits, app.limits or {}, settings)
     if req.network and not app.network:
         raise InvalidInput("network", "this app may not give its sandboxes network access")
+    if req.callback_url and not app.webhook_secret:
+        raise InvalidInput("callback_url", "this app has no webhook secret yet (manage.py app-rotate-webhook-secret)")
     try:
         server = scheduling.choose_server(image.docker_image, settings.heartbeat_ttl_s, scheduling.servers(ctx))
     except PynamoDBException as e:
@@ -112,23 +128,31 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         files_bytes=len(tar),
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
+        **webhooks.fields(req.callback_url),
     )
-    if fields["files_key"]:
-        aws.put_object(settings, fields["files_key"], payload)
+    return Plan(sandbox_id, server, fields, payload)
+
+
+def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
+    """Validate against the app and the platform, store, and queue.  All or nothing."""
+    settings = ctx.settings
+    p = plan(ctx, app, req)
+    if p.fields["files_key"]:
+        aws.put_object(settings, p.fields["files_key"], p.payload)
     try:
-        sandbox = lifecycle.create(sandbox_id, server.name, **fields)
-        aws.send_wakeup(settings, server.queue_url, sandbox_id)
+        sandbox = lifecycle.create(p.sandbox_id, p.server.name, **p.fields)
+        aws.send_wakeup(settings, p.server.queue_url, p.sandbox_id)
     except (PynamoDBException, Unavailable) as e:
-        _undo(settings, sandbox_id, fields["files_key"])
+        _undo(settings, p.sandbox_id, p.fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
     log(
         logger,
         "sandbox.created",
-        sandbox_id=sandbox_id,
+        sandbox_id=p.sandbox_id,
         app_id=app.app_id,
-        server=server.name,
+        server=p.server.name,
         files=len(req.files),
-        bytes=len(payload),
+        bytes=len(p.payload),
     )
     return sandbox
 
@@ -150,6 +174,19 @@ def _undo(settings: Settings, sandbox_id: str, files_key: str | None) -> None:
 def wait_settled(ctx: Context, app: App, sandbox_id: str, wait_s: float) -> Sandbox:
     """The sandbox, once it has left queued/running or ``wait_s`` has passed (see ``waiting``)."""
     return ctx.reader.wait(get(app, sandbox_id), wait_s)
+
+
+def get_many(ctx: Context, app: App, ids: list[str], wait_s: float) -> list[Sandbox]:
+    """The app's sandboxes among ``ids`` (others, and unknown ids, simply absent), in the order asked.
+
+    One ``BatchGetItem``; with ``wait_s``, held until all have settled or it passes (``waiting``).
+    """
+    try:
+        rows = {sb.sandbox_id: sb for sb in Sandbox.batch_get(ids, consistent_read=True)}
+    except PynamoDBException as e:
+        raise Unavailable(f"reading the sandboxes: {e}") from e
+    mine = [rows[i] for i in ids if i in rows and rows[i].app_id == app.app_id]
+    return ctx.reader.wait_all(mine, wait_s) if wait_s > 0 else mine
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:
@@ -331,6 +368,7 @@ def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES) -> dict[str, 
         "finished_at": _iso(sb.finished_at),
         "duration_ms": duration,
         "server": sb.server,
+        "callback": webhooks.show(sb),
     }
 
 

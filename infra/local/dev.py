@@ -34,6 +34,7 @@ OpenDevelop is running.
   AWS         {aws}   (moto: DynamoDB, SQS, S3)
   dispatcher  server "{server}" on unix:///var/run/docker.sock
   reconciler  a pass every 10 s (settles what crashes leave; the cloud runs it every minute)
+  webhooks    delivers callback_url webhooks from the webhooks queue (on AWS a Lambda)
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
@@ -76,6 +77,7 @@ def main() -> int:
         stack.start_api()
         stack.start_dispatcher(server, name="dispatcher")
         stack.start_reconciler()
+        stack.start_webhooks()
         print(
             BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, server=server, **demo), flush=True
         )
@@ -96,6 +98,8 @@ def main() -> int:
                         stack.start_api()
                     elif name == "reconciler":
                         stack.start_reconciler()
+                    elif name == "webhooks":
+                        stack.start_webhooks()
                     else:
                         stack.start_dispatcher(server, name=name)
     except RuntimeError as e:

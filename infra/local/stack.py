@@ -171,6 +171,10 @@ class Stack:
         """What the cloud's schedule runs every minute, here every OPENDEVELOP_RECONCILE_INTERVAL (10) s."""
         return self.spawn(name, [sys.executable, "-m", "chalicelib.reconciler", "--loop"])
 
+    def start_webhooks(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
+        """What SQS invokes on AWS (``app.deliver_webhook``), run by a local poller of the webhooks queue."""
+        return self.spawn(name, [sys.executable, "-m", "infra.local.webhooks"])
+
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
         proc = self.procs.pop(name, None)
         if proc is None:

@@ -58,8 +58,9 @@ def api_get(client, path, app_id, secret):
 
 
 def queue_names(settings) -> list[str]:
+    """The servers' queues (``init`` makes the stage's webhooks queue too: it is not a server's)."""
     urls = aws.sqs(settings).list_queues().get("QueueUrls", [])
-    return sorted(url.rsplit("/", 1)[-1] for url in urls)
+    return sorted(name for name in (url.rsplit("/", 1)[-1] for url in urls) if name != settings.webhook_queue)
 
 
 # The original commands, as documented
