@@ -92,7 +92,8 @@ def post(
         if target.scheme == "https":
             sock.settimeout(max(0.1, deadline - time.monotonic()))
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
+        kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+        conn = kind(target.host, target.port, timeout=timeout_s)  # the Host header omits a default port
         conn.sock = sock  # already connected to the checked address: http.client never connects (or resolves)
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         conn.request("POST", target.path, body=body, headers=request_headers)

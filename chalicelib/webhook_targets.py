@@ -89,20 +89,20 @@ class Policy:
         return cls(tuple(networks), frozenset(hosts), frozenset(settings.own_endpoints()))
 
     def refusal(self, address: IPAddress, target: Target) -> str | None:
-        """Why a webhook to ``target`` may not connect to ``address``; None when it may."""
+        """What ``address`` is, when a webhook to ``target`` may not connect to it ("a loopback address"); or None."""
         if (target.host, target.port) in self.hosts:
             return None
         if (str(address), target.port) in self.own or (target.host, target.port) in self.own:
-            return f"{address} port {target.port} is the platform's own endpoint"
+            return f"the platform's own endpoint (port {target.port})"
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if any(address in network for network in self.networks):
             return None
         for attribute, name in REFUSED:
             if getattr(address, attribute):
-                return f"{address} is a {name} address"
+                return f"a {name} address"
         if not address.is_global:
-            return f"{address} is not a public address"
+            return "not a public address"
         return None
 
 
@@ -141,10 +141,8 @@ def check(url: Any, policy: Policy) -> str:
     if address is not None:
         reason = policy.refusal(address, target)
         if reason:
-            raise InvalidInput("callback_url", f"refused: {reason}")
-    elif target.host == "localhost" or target.host.endswith(".localhost"):
-        if (target.host, target.port) not in policy.hosts:
-            raise InvalidInput("callback_url", "refused: localhost is a loopback name")
+            raise InvalidInput("callback_url", f"refused: {address} is {reason}")
+    # A name is checked when it is resolved, at each delivery: what it resolves to may change.
     return str(url).strip()
 
 
@@ -168,5 +166,9 @@ def resolve(target: Target, policy: Policy, resolver: Resolver = socket.getaddri
     for address in found:
         reason = policy.refusal(address, target)
         if reason:
-            raise Refused(f"refused: {target.host} resolves to {reason}" if literal is None else f"refused: {reason}")
+            raise Refused(
+                f"refused: {target.host} resolves to {address}, {reason}"
+                if literal is None
+                else f"refused: {address} is {reason}"
+            )
     return found

@@ -38,6 +38,7 @@ OpenDevelop is running.
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
+            webhook secret {webhook_secret}   (verifies its callback_url webhooks)
 For the Python client and the `opendevelop` command (in .venv):
   export OPENDEVELOP_URL={api} OPENDEVELOP_APP_ID={app_id} OPENDEVELOP_SECRET={secret}
 

@@ -148,6 +148,21 @@ def test_app_create_text_output(cli, settings):
     assert app.secret_hash == secret_digest(settings.hmac_key, secret_line.removeprefix("secret: "))
 
 
+def test_app_rotate_webhook_secret_prints_the_new_one(cli, settings):
+    cli("user-create --username=ada --email=ada@example.com --passwd=123")
+    made = cli("app-create --app_name=myapp --username=ada --json").json()
+    assert made["webhook_secret"].startswith("whsec_")
+    listed = cli("app-list --json").json()
+    assert all("webhook_secret" not in row for row in listed)
+
+    rotated = cli(f"app-rotate-webhook-secret --app_id={made['app_id']} --json")
+
+    assert rotated.code == 0
+    assert rotated.json()["webhook_secret"].startswith("whsec_")
+    assert rotated.json()["webhook_secret"] != made["webhook_secret"]
+    assert App.get(made["app_id"]).webhook_secret == rotated.json()["webhook_secret"]
+
+
 def test_app_rotate_secret_replaces_the_old_secret(cli, settings, api_client, new_api_process):
     cli("user-create --username=ada --email=ada@example.com --passwd=123")
     old = cli("app-create --app_name=myapp --username=ada --json").json()

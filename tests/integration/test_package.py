@@ -203,6 +203,19 @@ def test_every_schedule_of_app_py_is_in_the_template(template: dict[str, Any]) -
     assert len(events) == schedules
 
 
+def test_the_webhooks_function_consumes_the_templates_webhooks_queue(template: dict[str, Any]) -> None:
+    functions = resources_of_type(template, "AWS::Serverless::Function").values()
+    (event,) = [e for f in functions for e in (f["Properties"].get("Events") or {}).values() if e["Type"] == "SQS"]
+    queue = event["Properties"]["Queue"]
+    queue_text = json.dumps(queue)
+    default_prefix = template["Parameters"]["TablePrefix"]["Default"]
+    assert queue_text.rstrip('"}').endswith(f":{default_prefix}-webhooks"), queue
+    assert event["Properties"]["BatchSize"] == 1
+    hooks = template["Resources"]["WebhooksQueue"]["Properties"]
+    assert hooks["QueueName"] == {"Fn::Sub": "${TablePrefix}-webhooks"}
+    assert int(hooks["VisibilityTimeout"]) > 30  # the function's timeout (.chalice/config.json, prod)
+
+
 def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return list(policy["Statement"])
 
@@ -230,9 +243,14 @@ def test_the_api_role_may_do_what_the_api_does_and_no_more(template: dict[str, A
     assert actions >= {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "sqs:SendMessage"}
     assert actions >= {"s3:PutObject", "s3:GetObject", "secretsmanager:GetSecretValue"}
     assert not actions & {"sqs:CreateQueue", "sqs:DeleteQueue", "dynamodb:DeleteTable", "dynamodb:CreateTable"}
-    # The reconciler reads dead letters, and only those: never a live queue's wake-ups.
-    (receive,) = [s for s in statements if "sqs:ReceiveMessage" in s["Action"]]
-    assert receive["Resource"]["Fn::Sub"].endswith("${TablePrefix}-server-*-dlq")
+    # The reconciler reads dead letters, and only those: never a live queue's wake-ups.  The
+    # webhooks function reads the webhooks queue (its event source), and nothing else.
+    dead, webhooks = sorted(
+        (s for s in statements if "sqs:ReceiveMessage" in s["Action"]), key=lambda s: "Fn::Sub" not in s["Resource"]
+    )
+    assert dead["Resource"]["Fn::Sub"].endswith("${TablePrefix}-server-*-dlq")
+    assert webhooks["Resource"] == {"Fn::GetAtt": ["WebhooksQueue", "Arn"]}
+    assert {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"} <= actions  # ?ids= and batches
 
 
 def test_the_dispatchers_policy_never_reaches_users_apps_or_the_key(template: dict[str, Any]) -> None:
@@ -245,6 +263,8 @@ def test_the_dispatchers_policy_never_reaches_users_apps_or_the_key(template: di
     assert "secretsmanager:GetSecretValue" not in actions
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
     assert "${TablePrefix}-server-*" in resources  # its servers' queues, by name prefix
+    (hooks,) = [s for s in statements if s.get("Sid") == "Webhooks"]  # a settle queues a webhook, no more
+    assert sorted(_actions([hooks])) == ["sqs:GetQueueUrl", "sqs:SendMessage"]
     for holder in ("DispatcherRole", "DispatcherUser"):
         assert template["Resources"][holder]["Properties"]["ManagedPolicyArns"] == [{"Ref": "DispatcherPolicy"}]
 
