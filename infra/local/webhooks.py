@@ -49,6 +49,10 @@ def event_of(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
 
 
 def main() -> int:
+    # The deployed handler itself.  Imported first: Chalice(app_name="opendevelop") sets the
+    # "opendevelop" logger's level to ERROR, and logs.setup() must come after it.
+    from app import deliver_webhook
+
     logs.setup()
     try:
         settings = get_context().settings
@@ -57,8 +61,6 @@ def main() -> int:
     except SettingsError as e:
         print(f"webhooks: configuration: {e}", file=sys.stderr)
         return 2
-    from app import deliver_webhook  # the deployed handler itself
-
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:

@@ -212,6 +212,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
         "/api/images",
         "/api/images/{name}",
         "/api/sandboxes",
+        "/api/sandboxes/batch",
         "/api/sandboxes/{sandbox_id}",
         "/api/sandboxes/{sandbox_id}/logs",
         "/api/sandboxes/{sandbox_id}/stdout",

@@ -184,7 +184,7 @@ class Client:
         data = self._json("POST", "/api/sandboxes/batch", json_body={"sandboxes": items})
         out: list[Sandbox | errors.OpenDevelopError] = []
         for entry in data["sandboxes"]:
-            if "error" in entry:
+            if "id" not in entry and isinstance(entry.get("error"), dict):  # a sandbox's own `error` is text
                 out.append(errors.from_item(entry["error"]))
             else:
                 out.append(Sandbox.from_json(entry, self))
