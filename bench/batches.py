@@ -4,8 +4,9 @@
 
 * cost per sandbox of creating 100 ``echo`` sandboxes with one
   ``POST /api/sandboxes/batch`` beside 100 single ``POST /api/sandboxes``:
-  the AWS calls the API made (requests moto's server logged while the
-  dispatcher was stopped, so only the API's) and the API process's CPU;
+  the AWS calls the API made (as the local endpoint counted them, with the
+  dispatcher and the webhook poller stopped, so only the API's) and the API
+  process's CPU;
 * time from the POST to all 100 settled, both ways (the single POSTs sent 8 at
   once), read back with ``GET /api/sandboxes?ids=...&wait=20``;
 * webhooks: from ``terminated`` written (the row's ``finished_at``) to a
@@ -61,9 +62,10 @@ class Receiver:
         self.server.server_close()
 
 
-def _aws_requests(bench: Any) -> int:
-    log = bench.stack.log_dir / "aws.log"
-    return sum(1 for line in log.read_text(errors="replace").splitlines() if '"POST ' in line or '"GET ' in line)
+def _aws_requests(bench: Any) -> dict[str, int]:
+    """What the local AWS endpoint has answered so far, per ``service:action`` (``infra/local/moto_calls.py``)."""
+    calls: dict[str, int] = bench.aws_calls()
+    return calls
 
 
 def _settle_all(bench: Any, ids: list[str], timeout_s: float = 300) -> float:
@@ -98,17 +100,18 @@ def _post_singles(bench: Any, n: int, at_once: int = 8) -> list[str]:
         return list(pool.map(one, range(n)))
 
 
-def _cost(bench: Any, post: Any, n: int) -> tuple[dict[str, float], list[str]]:
-    """The API's AWS requests and CPU per sandbox for ``post`` (the dispatcher stopped: only the API talks)."""
-    time.sleep(1)  # let the log catch up
+def _cost(bench: Any, post: Any, n: int) -> tuple[dict[str, Any], list[str]]:
+    """The API's AWS requests and CPU per sandbox for ``post`` (the dispatcher and the webhook poller
+    stopped, no reconciler: only the API talks to the endpoint)."""
     calls, cpu = _aws_requests(bench), bench.cpu_seconds()["api"]
     started = time.perf_counter()
     ids = post(bench, n)
     wall = time.perf_counter() - started
-    time.sleep(1)
     calls_after, cpu_after = _aws_requests(bench), bench.cpu_seconds()["api"]
+    by_kind = {k: (v - calls.get(k, 0)) / n for k, v in calls_after.items() if v != calls.get(k, 0)}
     return {
-        "aws_requests_per_sandbox": (calls_after - calls) / n,
+        "aws_requests_per_sandbox": sum(by_kind.values()),
+        "aws_requests_by_kind": by_kind,
         "api_cpu_ms_per_sandbox": (cpu_after - cpu) * 1000 / n,
         "post_wall_s": wall,
     }, ids
@@ -118,8 +121,10 @@ def measure(bench: Any, n: int = 100, hooks: int = 30) -> dict[str, Any]:
     """The figures above, on ``bench``'s stack (its webhook poller running, ``bench.webhook_port`` allowed)."""
     out: dict[str, Any] = {"n": n}
     bench.stack.stop("dispatcher")
+    bench.stack.stop("webhooks")
     out["singles_cost"], singles = _cost(bench, _post_singles, n)
     out["batch_cost"], batch = _cost(bench, _post_batch, n)
+    bench.stack.start_webhooks()
     bench.start_dispatcher(bench.slots)
     _settle_all(bench, singles + batch)
     bench.settle()

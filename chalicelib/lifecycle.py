@@ -28,6 +28,10 @@ its first delivery attempt is queued (``_settled``).  A queueing that fails,
 or a process that dies between the write and the queueing, loses nothing: the
 row says ``callback_status`` pending, and the reconciler queues again what has
 waited too long (``chalicelib.webhooks.rederive``).
+
+The settling transitions also free what the sandbox held of its app's quotas
+(``chalicelib.quotas.release``) right after the write they won, so whichever
+path settles a sandbox releases it, once.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws
+from chalicelib import aws, quotas
 from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, Sandbox, bound_settings, utcnow
 
@@ -60,7 +64,7 @@ def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, set
     """One conditional update that does not parse the item back (so a malformed row can still be settled).
 
     ``settles``: the write moves the sandbox to a final state; the winner does
-    what follows a settle (``_settled``).
+    what follows a settle (``_settled``): frees its quotas, queues its webhook.
     """
     try:
         response = Sandbox._get_connection().update_item(
@@ -76,11 +80,16 @@ def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, set
 
 
 def _settled(sandbox_id: str, row: dict[str, Any]) -> None:
-    """After a settling write was won (once per sandbox): queue its webhook's first attempt, if it has one.
+    """After a settling write was won (once per sandbox): free its quotas, queue its webhook's first attempt.
 
-    The transition stands whatever happens here; a webhook not queued is queued
-    again by the reconciler (``webhooks.rederive``).
+    The transition stands whatever happens here.  A quota not freed holds one
+    slot too many until an operator repairs it (logged); a webhook not queued is
+    queued again by the reconciler (``webhooks.rederive``).
     """
+    try:
+        quotas.release(row)
+    except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
+        log(logger, "quota.release_failed", logging.ERROR, sandbox_id=sandbox_id, error=describe(e))
     if "callback_url" not in row:
         return
     try:

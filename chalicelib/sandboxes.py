@@ -11,20 +11,19 @@ import base64
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, lifecycle, output, scheduling, webhooks
-from chalicelib.auth import new_id, parse_basic, secret_matches
+from chalicelib import aws, lifecycle, output, quotas, webhooks
+from chalicelib.auth import parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
-from chalicelib.files import bundle
 from chalicelib.logs import describe, log
-from chalicelib.models import FINAL_STATES, App, DockerServer, Image, Sandbox
+from chalicelib.models import FINAL_STATES, App, Image, Sandbox
+from chalicelib.plans import Plan, plan
 from chalicelib.settings import Settings
-from chalicelib.validation import SandboxRequest, resolve_limits
+from chalicelib.validation import SandboxRequest
 
 logger = logging.getLogger("opendevelop.api")
 
@@ -64,97 +63,52 @@ def enabled_images() -> list[str]:
         raise Unavailable(f"reading images: {e}") from e
 
 
-def _image(ctx: Context, name: str) -> Image:
-    image = ctx.images.get(name)
-    if image is None:
-        try:
-            image = Image.get(name)
-        except DoesNotExist:
-            raise InvalidInput("image", f"unknown image {name!r} (see GET /api/images)") from None
-        except PynamoDBException as e:
-            raise Unavailable(f"reading the image: {e}") from e
-        ctx.images.put(name, image)
-    if not image.enabled:
-        raise InvalidInput("image", f"image {name!r} is disabled")
-    return image
-
-
-# Files (and stdin) this small travel in the sandbox's row: no S3 round trip to
-# store them, none for the dispatcher to fetch them.  Larger ones go to S3.
-INLINE_PAYLOAD_BYTES = 16 * 1024
-
-
-@dataclass
-class Plan:
-    """A create checked against the app and the platform, before anything is stored."""
-
-    sandbox_id: str
-    server: DockerServer
-    fields: dict[str, Any]
-    payload: bytes  # the files' tar and stdin: stored in S3 at ``fields["files_key"]`` when large
-
-    def row(self) -> Sandbox:
-        return Sandbox(self.sandbox_id, status="queued", server=self.server.name, **self.fields)
-
-
-def plan(ctx: Context, app: App, req: SandboxRequest) -> Plan:
-    """Check ``req`` against the app and the platform and choose its server; store nothing."""
-    settings = ctx.settings
-    image = _image(ctx, req.image)
-    limits = resolve_limits(req.limits, app.limits or {}, settings)
-    if req.network and not app.network:
-        raise InvalidInput("network", "this app may not give its sandboxes network access")
-    if req.callback_url and not app.webhook_secret:
-        raise InvalidInput("callback_url", "this app has no webhook secret yet (manage.py app-rotate-webhook-secret)")
-    try:
-        server = scheduling.choose_server(image.docker_image, settings.heartbeat_ttl_s, scheduling.servers(ctx))
-    except PynamoDBException as e:
-        raise Unavailable(f"reading servers: {e}") from e
-    if req.network and not server.network:
-        raise InvalidInput("network", f"server {server.name!r} does not allow network access")
-    sandbox_id = new_id()
-    tar = bundle(req.files)
-    payload = tar + req.stdin
-    fields: dict[str, Any] = dict(
-        app_id=app.app_id,
-        image=image.name,
-        docker_image=image.docker_image,
-        cmd=req.cmd,
-        limits=limits,
-        env=req.env,
-        network=req.network,
-        files_key=f"sandboxes/{sandbox_id}/input.tar" if len(payload) > INLINE_PAYLOAD_BYTES else None,
-        files_inline=payload if 0 < len(payload) <= INLINE_PAYLOAD_BYTES else None,
-        files_bytes=len(tar),
-        stdin_bytes=len(req.stdin),
-        file_count=len(req.files),
-        **webhooks.fields(req.callback_url),
-    )
-    return Plan(sandbox_id, server, fields, payload)
-
-
 def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
-    """Validate against the app and the platform, store, and queue.  All or nothing."""
+    """Validate against the app and the platform, count its quotas, store, and queue.  All or nothing."""
+    p = plan(ctx, app, req)  # chalicelib.plans
+    try:
+        return _store(ctx, app, p)
+    except BaseException:
+        quotas.give_back(p.taken)
+        raise
+
+
+def _store(ctx: Context, app: App, p: Plan) -> Sandbox:
     settings = ctx.settings
-    p = plan(ctx, app, req)
     if p.fields["files_key"]:
         aws.put_object(settings, p.fields["files_key"], p.payload)
     try:
         sandbox = lifecycle.create(p.sandbox_id, p.server.name, **p.fields)
-        aws.send_wakeup(settings, p.server.queue_url, p.sandbox_id)
+        if p.woken:
+            aws.send_wakeup(settings, p.server.queue_url, p.sandbox_id)
     except (PynamoDBException, Unavailable) as e:
         _undo(settings, p.sandbox_id, p.fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
+    if not p.woken:
+        unpark(app.app_id, p.sandbox_id)
     log(
         logger,
         "sandbox.created",
         sandbox_id=p.sandbox_id,
         app_id=app.app_id,
         server=p.server.name,
-        files=len(req.files),
+        files=p.files,
         bytes=len(p.payload),
+        parked=not p.woken,
     )
     return sandbox
+
+
+def unpark(app_id: str, sandbox_id: str | None = None) -> None:
+    """After storing parked rows: wake what the app's share allows now.
+
+    Parked rows are woken by the app's next settle; one may have come between
+    the count and the rows' write and found nothing to wake: look once more.
+    """
+    try:
+        quotas.unpark(app_id)
+    except PynamoDBException as e:
+        log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, app_id=app_id, error=describe(e))
 
 
 def _undo(settings: Settings, sandbox_id: str, files_key: str | None) -> None:
@@ -174,19 +128,6 @@ def _undo(settings: Settings, sandbox_id: str, files_key: str | None) -> None:
 def wait_settled(ctx: Context, app: App, sandbox_id: str, wait_s: float) -> Sandbox:
     """The sandbox, once it has left queued/running or ``wait_s`` has passed (see ``waiting``)."""
     return ctx.reader.wait(get(app, sandbox_id), wait_s)
-
-
-def get_many(ctx: Context, app: App, ids: list[str], wait_s: float) -> list[Sandbox]:
-    """The app's sandboxes among ``ids`` (others, and unknown ids, simply absent), in the order asked.
-
-    One ``BatchGetItem``; with ``wait_s``, held until all have settled or it passes (``waiting``).
-    """
-    try:
-        rows = {sb.sandbox_id: sb for sb in Sandbox.batch_get(ids, consistent_read=True)}
-    except PynamoDBException as e:
-        raise Unavailable(f"reading the sandboxes: {e}") from e
-    mine = [rows[i] for i in ids if i in rows and rows[i].app_id == app.app_id]
-    return ctx.reader.wait_all(mine, wait_s) if wait_s > 0 else mine
 
 
 def get(app: App, sandbox_id: str) -> Sandbox:
@@ -243,17 +184,28 @@ def list_page(app: App, limit: int, cursor: str | None) -> tuple[list[Sandbox], 
     return items, _encode_cursor(last) if last and len(items) == limit else None
 
 
+CURSOR_KEYS = {"app_id", "created_at", "sandbox_id"}  # the by_app index's key and the table's
+
+
 def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
+    # A cursor is small; a long one, or one that does not decode to our key's shape, was not ours.
     try:
+        if len(cursor) > 2048 or not cursor.isascii():
+            raise ValueError("not a cursor")
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if key["app_id"]["S"] != app_id:
+        if not isinstance(key, dict) or set(key) != CURSOR_KEYS or key["app_id"]["S"] != app_id:
             raise ValueError("another app's cursor")
+        for value in key.values():  # {"name": {"S": "..."}} only, as DynamoDB's own keys
+            if not isinstance(value, dict) or len(value) != 1 or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError("not a key")
+            for v in value.values():
+                v.encode("utf-8")
         return dict(key)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeError is a ValueError
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
 
 

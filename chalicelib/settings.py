@@ -40,6 +40,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_ENDPOINT = "http://127.0.0.1:5000"
 
 
+# Per-app quotas: sandboxes queued or running at once, creates per minute, run seconds per UTC day.
+QUOTA_DEFAULTS = {"concurrency": 1000, "rate": 600, "daily_seconds": 24 * 3600}
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -81,6 +85,11 @@ class Settings:
     webhook_backoff_s: float = 30.0
     webhook_attempts: int = 6
     webhook_rederive_s: float = 60.0
+    # Per-app quotas when the app has none of its own (``manage.py app-set-limits``); 0 is no limit.
+    quotas: Mapping[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
+    # Fair share: the most sandboxes of one app woken (in a server's queue, or running) at once;
+    # the rest wait parked and are woken as the app's own settle.  0: the active servers' slots.
+    fair_share: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, require_hmac_key: bool = True) -> Settings:
@@ -125,6 +134,11 @@ class Settings:
             webhook_backoff_s=env_float(env, "OPENDEVELOP_WEBHOOK_BACKOFF", 30.0, 0.1, 3600.0),
             webhook_attempts=env_int(env, "OPENDEVELOP_WEBHOOK_ATTEMPTS", 6, 1, 20),
             webhook_rederive_s=env_float(env, "OPENDEVELOP_WEBHOOK_REDERIVE", 60.0, 1.0, 3600.0),
+            fair_share=_int(env, "OPENDEVELOP_FAIR_SHARE", 0, 0),
+            quotas={
+                name: _int(env, f"OPENDEVELOP_QUOTA_{name.upper()}", default, 0)
+                for name, default in QUOTA_DEFAULTS.items()
+            },
         )
 
     @property

@@ -197,3 +197,25 @@ def test_run_callback_sends_the_url(fake, od, capsysbinary):
 
     assert status == 0 and out == b"hi\n"
     assert fake.requests[0].json()["callback_url"] == "https://hooks.example.com/done"
+
+
+def test_usage_shows_now_today_and_the_limits(fake, od, capsysbinary):
+    fake.then(
+        200,
+        {
+            "running": 1,
+            "queued": 2,
+            "today": {"sandboxes": 9, "run_seconds": 40},
+            "limits": {"concurrency": 10, "rate": 60, "daily_seconds": 0},
+        },
+    )
+
+    status, out, err = od("usage", capsys=capsysbinary)
+
+    assert status == 0, err
+    assert out.decode().splitlines() == [
+        "running       1",
+        "queued        2  (at once: 10)",
+        "today         9 sandboxes  (per minute: 60)",
+        "run seconds   40  (per day: no limit)",
+    ]
