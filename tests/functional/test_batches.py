@@ -21,6 +21,8 @@ def post_batch(world: Any, items: Any, content_type: str = "application/json") -
 
 
 def test_a_batch_of_valid_items_is_201_in_order_with_rows_and_wakeups(world):
+    world.monkeypatch.setenv("OPENDEVELOP_FAIR_SHARE", "50")  # all of them within the app's share: all woken
+    world.reload_settings()
     items = [{**ECHO, "cmd": [f"echo {i}"]} for i in range(23)]
 
     response = post_batch(world, items)
@@ -127,3 +129,36 @@ def test_bad_ids_or_wait_are_a_400_naming_them(world, query, field):
 
     assert answer.status_code == 400, answer.body
     assert answer.json_body["Message"].startswith(f"{field}: ")
+
+
+def test_quotas_apply_per_item_as_to_single_creates(world):
+    from chalicelib import admin, quotas
+    from chalicelib.models import Counter
+
+    admin.app_set_limits(world.app_id, {}, world.settings, app_quotas={"concurrency": 3})
+    world.reload_settings()
+    assert world.post_json(ECHO).status_code == 201  # one slot taken by a single create
+
+    response = post_batch(world, [ECHO, {"image": "nope", "cmd": ["true"]}, ECHO, ECHO, ECHO])
+
+    assert response.status_code == 207, response.body
+    answers = response.json_body["sandboxes"]
+    assert [a.get("status") for a in answers] == ["queued", None, "queued", None, None]
+    assert answers[1]["error"]["Code"] == "BadRequestError"
+    for refused in (answers[3], answers[4]):
+        assert refused["error"]["Code"] == "TooManyRequests"
+        assert refused["error"]["Message"].startswith("concurrency: ")
+    assert len(world.sandbox_rows()) == 3
+    assert int(Counter.get(quotas.app_key(world.app_id), consistent_read=True).active) == 3
+
+
+def test_a_batch_beyond_the_fair_share_parks_the_rest_without_wakeups(world):
+    world.monkeypatch.setenv("OPENDEVELOP_FAIR_SHARE", "2")
+    world.reload_settings()
+
+    response = post_batch(world, [ECHO] * 5)
+
+    assert response.status_code == 201, response.body
+    rows = world.sandbox_rows()
+    assert sum(1 for r in rows if r.parked_app) == 3
+    assert len(world.queued_messages()) == 2
