@@ -168,9 +168,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 }
             },
         },
-        ("/api/sandboxes/batch", "POST"): batch_operation(
-            _request_body(settings)["content"]["application/json"]["schema"]
-        ),
+        ("/api/sandboxes/batch", "POST"): batch_operation(),
         ("/api/sandboxes/{sandbox_id}", "GET"): {
             "operationId": "getSandbox",
             "summary": "One sandbox; with `wait`, held until it settles",

@@ -88,8 +88,17 @@ def webhooks_section() -> dict[str, Any]:
     }
 
 
-def batch_operation(request_item: dict[str, Any]) -> dict[str, Any]:
-    """``POST /api/sandboxes/batch``."""
+def batch_operation() -> dict[str, Any]:
+    """``POST /api/sandboxes/batch``.
+
+    An item is any JSON value here: each is checked as one create's body is
+    (``createSandbox``'s JSON schema) and, when it fails, answered with its error
+    in its place rather than failing the request.
+    """
+    request_item = {
+        "description": "The JSON body of one `POST /api/sandboxes` (see `createSandbox`'s `application/json` "
+        "schema). An item that is not one is answered with its 400 in its place; the others are created.",
+    }
     answers = {
         "type": "object",
         "required": ["sandboxes"],

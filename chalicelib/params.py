@@ -82,15 +82,15 @@ def parse_ids(raw: str | None) -> list[str] | None:
     """``?ids=a,b,c``: read these sandboxes (at most 100; the app's own only, others simply absent)."""
     if raw is None:
         return None
-    ids = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    if not ids:
-        raise InvalidInput("ids", "give one or more sandbox ids, separated by commas")
-    if len(ids) > MAX_IDS:
-        raise InvalidInput("ids", f"{len(ids)} ids: at most {MAX_IDS}")
-    for sandbox_id in ids:
-        if len(sandbox_id) > 64 or not sandbox_id.isascii() or not sandbox_id.isalnum():
-            raise InvalidInput("ids", f"{sandbox_id[:64]!r} is not a sandbox id")
-    return ids
+    parts = raw.split(",")
+    if len(parts) > MAX_IDS:
+        raise InvalidInput("ids", f"{len(parts)} ids: at most {MAX_IDS}")
+    for part in parts:
+        if not part or len(part) > 64 or not part.isascii() or not part.isalnum():
+            raise InvalidInput(
+                "ids", f"{part[:64]!r} is not a sandbox id (ids are letters and digits, comma-separated)"
+            )
+    return list(dict.fromkeys(parts))
 
 
 TAIL_STREAMS = ("logs", "stdout", "stderr")

@@ -120,6 +120,7 @@ def test_ids_with_wait_answers_once_all_have_settled(world):
         ("ids=", "ids"),
         ("ids=" + ",".join(f"{i:016x}" for i in range(101)), "ids"),
         ("ids=abc,d-e", "ids"),
+        ("ids=abc,,def", "ids"),
         ("wait=5", "wait"),
         ("ids=abc&wait=99", "wait"),
     ],
