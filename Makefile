@@ -42,7 +42,8 @@ package: venv
 	@$(PY) -c 'import os, sys; n = os.path.getsize(sys.argv[1]); print(f"deployment.zip: {n} bytes ({n / 1e6:.1f} MB)")' \
 		$(PACKAGE_DIR)/deployment.zip
 
-# Benchmarks against the raw engine (not timed tests): prints a table, writes bench/results/*.json.
+# Benchmarks (not timed tests): the platform beside the raw engine, then fair share (bench/fair_share.py);
+# prints tables, writes bench/results/*.json.  `bench/run.py --quick` is a smaller run of both.
 bench: venv host
 	$(PY) bench/run.py
 
