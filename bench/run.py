@@ -17,8 +17,6 @@ same run:
 * the CPU the local stack's own processes (moto's server, ``chalice local``,
   the dispatcher) take per run during the throughput runs: on one machine it
   is taken from the engine;
-* fair share (``bench/fair_share.py``, on a stack of its own): app B's
-  ``echo hi`` latency idle and while app A floods the server;
 * the AWS calls per run during the throughput runs, by service and action, as
   the local AWS endpoint counted them (``infra/local/moto_calls.py``): every
   call of every process (the API's create and its waiting reads, the
@@ -378,16 +376,11 @@ def main() -> int:
             result["flood"] = flood(bench)
         finally:
             bench.stack.stop_all()
-    # Fair share (issue #13) on a stack of its own, so its flood meets an idle server.
-    from bench import fair_share
-
-    result["fair_share"] = fair_share.measure(**(fair_share.QUICK if args.quick else {}))
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{result['when'][:19].replace(':', '')}.json"
     path.write_text(json.dumps(result, indent=2))
     print(table(result))
-    print("\n" + fair_share.summary(result["fair_share"]))
     print(f"\nwritten to {path.relative_to(ROOT)}")
     return 0
 
