@@ -5,8 +5,9 @@ with 2 slots) on free ports, like ``bench/run.py``.  App B runs ``echo hi``
 one after another (POST, then ``GET ?wait=20`` until it settles): first on
 the idle stack, then while app A has ``--flood`` sandboxes of ``sleep
 --sleep`` submitted at once.  The target (issue #13): B's p50 under the flood
-at most 2x its idle p50 plus one of A's runs.  Results go to
-``bench/results/fair-share-<time>.json``.
+at most 2x its idle p50 plus one of A's runs; the exit status is 1 when it
+is missed.  ``make bench`` runs it after ``bench/run.py``; ``--quick`` is a
+smaller run.  Results go to ``bench/results/fair-share-<time>.json``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def create_times(bench: Bench, session: requests.Session, samples: int) -> list[
     return out
 
 
-QUICK = {"flood": 12, "sleep": 2.0, "runs": 3}  # what ``bench/run.py --quick`` measures
+QUICK = {"flood": 12, "sleep": 2.0, "runs": 3}  # ``--quick``: a smoke test of the bench itself
 
 
 def measure(flood: int = 60, sleep: float = 5.0, runs: int = 10) -> dict[str, Any]:
