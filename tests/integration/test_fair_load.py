@@ -254,7 +254,8 @@ def test_the_slots_come_back_after_a_kill_9_of_the_dispatcher_while_the_apps_san
     report(
         capsys,
         f"kill -9 of the dispatcher while 2 of an app's sandboxes (its whole concurrency) ran: restarted, "
-        f"they settled ({Tally(d['status'] for d in done.values())}) {settled_s:.1f} s after the kill; "
+        f"they settled ({sorted((d['status'], d['error']) for d in done.values())}) {settled_s:.1f} s after "
+        "the kill; "
         "the app's usage back to 0 running / 0 queued, its slots free, a new create accepted",
     )
 
