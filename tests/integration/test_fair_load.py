@@ -228,7 +228,9 @@ def test_the_slots_come_back_after_a_kill_9_of_the_dispatcher_while_the_apps_san
     fair: RunningStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = new_app(fair, concurrency=2)
-    ids = split(burst(client, 8, ["sleep 4", "echo k"], timeout="30"), 2)
+    # Long enough that the restarted dispatcher usually finds them still running: its recovery kills
+    # them and gives them back (queued again, still holding the app's slots), and they run again.
+    ids = split(burst(client, 8, ["sleep 12", "echo k"], timeout="40"), 2)
     deadline = time.monotonic() + 30
     while any(client.sandbox(i)["status"] != "running" for i in ids):
         assert time.monotonic() < deadline, [client.sandbox(i)["status"] for i in ids]
@@ -247,7 +249,7 @@ def test_the_slots_come_back_after_a_kill_9_of_the_dispatcher_while_the_apps_san
         assert restarted.poll() is None and time.monotonic() - killed_at < 30, "the dispatcher did not restart"
         time.sleep(0.1)
 
-    done = wait_final(client, ids, timeout=60)
+    done = wait_final(client, ids, timeout=90)
     settled_s = time.monotonic() - killed_at
     assert all(d["status"] in ("terminated", "error") for d in done.values()), done
     assert_settled(fair, client)
