@@ -228,8 +228,9 @@ def test_the_slots_come_back_after_a_kill_9_of_the_dispatcher_while_the_apps_san
     fair: RunningStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = new_app(fair, concurrency=2)
-    # Long enough that the restarted dispatcher usually finds them still running: its recovery kills
-    # them and gives them back (queued again, still holding the app's slots), and they run again.
+    # Long enough that the restarted dispatcher's recovery often finds one still running (or not yet
+    # started): it kills it and gives it back, queued again and still holding its slot, and it runs
+    # again.  One that finished meanwhile ends error, never run again.  Each releases its slot once.
     ids = split(burst(client, 8, ["sleep 12", "echo k"], timeout="40"), 2)
     deadline = time.monotonic() + 30
     while any(client.sandbox(i)["status"] != "running" for i in ids):
