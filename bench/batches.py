@@ -1,4 +1,5 @@
-"""Batches and webhooks (#15), measured on a local stack: part of ``make bench``, or alone.
+"""Batches and webhooks (#15), measured on a local stack of its own: ``make bench`` runs it after
+``bench/run.py`` (a command of its own: it uses run's ``Bench``, and modules never import in a cycle).
 
     python bench/batches.py [--quick]
 
@@ -32,6 +33,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.engine import percentiles  # noqa: E402
+from bench.run import Bench  # noqa: E402
+from infra.local.stack import free_port  # noqa: E402
 
 ECHO = {"image": "base", "cmd": ["echo hi"], "timeout": 30}
 
@@ -117,8 +120,8 @@ def _cost(bench: Any, post: Any, n: int) -> tuple[dict[str, Any], list[str]]:
     }, ids
 
 
-def measure(bench: Any, n: int = 100, hooks: int = 30) -> dict[str, Any]:
-    """The figures above, on ``bench``'s stack (its webhook poller running, ``bench.webhook_port`` allowed)."""
+def measure(bench: Any, webhook_port: int, n: int = 100, hooks: int = 30) -> dict[str, Any]:
+    """The figures above, on ``bench``'s stack (its webhook poller running, ``webhook_port`` allowed)."""
     out: dict[str, Any] = {"n": n}
     bench.stack.stop("dispatcher")
     bench.stack.stop("webhooks")
@@ -133,11 +136,11 @@ def measure(bench: Any, n: int = 100, hooks: int = 30) -> dict[str, Any]:
     bench.settle()
     started = time.perf_counter()
     out["singles_settled_s"] = _settle_all(bench, _post_singles(bench, n)) - started
-    receiver = Receiver(bench.webhook_port)
+    receiver = Receiver(webhook_port)
     try:
         lags = []
         for _ in range(hooks):
-            body = {**ECHO, "callback_url": f"http://127.0.0.1:{bench.webhook_port}/hook"}
+            body = {**ECHO, "callback_url": f"http://127.0.0.1:{webhook_port}/hook"}
             sandbox_id = bench.session.post(f"{bench.stack.api_url}/api/sandboxes", json=body, timeout=60).json()["id"]
             _settle_all(bench, [sandbox_id])
             deadline = time.monotonic() + 30
@@ -172,14 +175,16 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    from bench.run import Bench
-
     quick = "--quick" in sys.argv
     with tempfile.TemporaryDirectory(prefix="od-bench-") as tmp:
         bench = Bench(Path(tmp), slots=2)
+        # Webhooks may reach this bench's receiver, and nothing else.
+        port = free_port()
+        bench.stack.extra_env = {"OPENDEVELOP_WEBHOOK_ALLOW": f"127.0.0.1:{port}"}
         try:
             bench.start()
-            result = measure(bench, n=100, hooks=10 if quick else 30)
+            bench.stack.start_webhooks()
+            result = measure(bench, port, n=100, hooks=10 if quick else 30)
         finally:
             bench.stack.stop_all()
     print(table(result))

@@ -14,8 +14,6 @@ same run:
   ``Query`` behind the page made directly against the local AWS endpoint;
 * memory: the dispatcher's peak RSS through the throughput runs and through a
   200 MB output flood;
-* batches and webhooks (``bench/batches.py``): 100 sandboxes in one batch
-  beside 100 single POSTs, and a webhook's delay after ``terminated``;
 * the CPU the local stack's own processes (moto's server, ``chalice local``,
   the dispatcher) take per run during the throughput runs: on one machine it
   is taken from the engine;
@@ -52,7 +50,6 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import batches  # noqa: E402
 from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
 from dispatcher.pool import default_size  # noqa: E402
 from infra.local.stack import Stack, free_port  # noqa: E402
@@ -71,9 +68,6 @@ class Bench:
             state_dir=base / "state",
             log_dir=base / "logs",
         )
-        # Webhooks may reach the batches bench's receiver here (bench/batches.py), and nothing else.
-        self.webhook_port = free_port()
-        self.stack.extra_env = {"OPENDEVELOP_WEBHOOK_ALLOW": f"127.0.0.1:{self.webhook_port}"}
         self.slots = slots
         self.session = requests.Session()
         self.docker = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
@@ -85,7 +79,6 @@ class Bench:
         self.app_id = demo["app_id"]
         self.stack.start_api()
         self.start_dispatcher(self.slots)
-        self.stack.start_webhooks()
 
     def start_dispatcher(self, slots: int) -> None:
         self.stack.stop("dispatcher")
@@ -381,9 +374,6 @@ def main() -> int:
             print("200 MB output flood ...", flush=True)
             bench.start_dispatcher(2)
             result["flood"] = flood(bench)
-            print("batches and webhooks ...", flush=True)
-            bench.start_dispatcher(2)
-            result["batches"] = batches.measure(bench, hooks=10 if args.quick else 30)
         finally:
             bench.stack.stop_all()
     out_dir = ROOT / "bench" / "results"
@@ -391,7 +381,6 @@ def main() -> int:
     path = out_dir / f"{result['when'][:19].replace(':', '')}.json"
     path.write_text(json.dumps(result, indent=2))
     print(table(result))
-    print(batches.table(result["batches"]))
     print(f"\nwritten to {path.relative_to(ROOT)}")
     return 0
 
