@@ -47,13 +47,14 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
         request = app.current_request
         if request is not None:
             status = answer.status_code if isinstance(answer, Response) else 200
-            # One line per request: the route (not the ids in the path), its status and latency.
+            # One line per request: the route (Chalice's path is the route), the ids in it (the keys
+            # logged everywhere: ``sandbox_id``), its status and its latency.
             log(
                 logger,
                 "api.request",
                 method=request.method,
                 path=request.path,
-                route=request.context.get("resourcePath", request.path) if request.context else request.path,
+                **(request.uri_params or {}),
                 status=status,
                 latency_ms=round((time.monotonic() - started) * 1000, 1),
             )
