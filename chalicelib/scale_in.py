@@ -45,6 +45,7 @@ from chalicelib import admin, aws, context, lifecycle, liveness
 from chalicelib.errors import Conflict, NotFound, Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
+from chalicelib.reconciler import able
 from chalicelib.scheduling import pick_ready
 from chalicelib.settings import Settings
 
@@ -227,18 +228,23 @@ def _running_there(server: DockerServer) -> set[str]:
 
 
 def _move_queued(settings: Settings, server: DockerServer) -> int:
-    """Queued sandboxes of a retiring server go to ready ones now (the reconciler would, a pass later)."""
+    """Queued sandboxes of a retiring server go to ready ones now (the reconciler would, a pass later).
+
+    A parked one (beyond its app's fair share, ``chalicelib.quotas``) moves too but gets no
+    wake-up: it is sent one when it is woken, on the server it is on by then.
+    """
     queued = list(Sandbox.by_status.query("queued", filter_condition=Sandbox.server == server.name))
     if not queued:
         return 0
-    others = [s for s in DockerServer.scan() if s.name != server.name]
+    others = {s.name: s for s in DockerServer.scan() if s.name != server.name}
     moved = 0
     for row in queued:
-        target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, others)
+        target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, able(row, others))
         if target is None:
             continue  # it waits queued; the reconciler moves it once a server is ready
         if lifecycle.move(row.sandbox_id, server.name, target.name):
             moved += 1
             log(logger, "sandbox.rerouted", sandbox_id=row.sandbox_id, server=target.name, previous=server.name)
-            aws.send_wakeup(settings, target.queue_url, row.sandbox_id)
+            if not row.parked_app:
+                aws.send_wakeup(settings, target.queue_url, row.sandbox_id)
     return moved
