@@ -211,6 +211,22 @@ def test_scale_in_drains_waits_stops_then_deletes_and_completes(world):
     assert scale_in.advance(world.settings, hooks) == []  # nothing retiring any more
 
 
+def test_scale_in_moves_a_parked_sandbox_without_waking_it(world):
+    world.server.delete()
+    beating(world, "i-0ddd", slots=2)
+    target = beating(world, "i-0eee", slots=2)
+    parked = create(world)
+    Sandbox.get(parked).update(actions=[Sandbox.server.set("i-0ddd"), Sandbox.parked_app.set(world.app_id)])
+    aws.sqs(world.settings).purge_queue(QueueUrl=target.queue_url)
+
+    step = scale_in.begin(world.settings, event(world.settings, "i-0ddd"), Hooks())
+
+    assert step is not None and step.moved == 1
+    row = Sandbox.get(parked)
+    assert (row.server, row.parked_app) == ("i-0eee", world.app_id)  # still parked: its app wakes it
+    assert aws.queue_depth(world.settings, target.queue_url) == 0  # no wake-up beyond the app's share
+
+
 def test_scale_in_of_a_dead_host_waits_for_the_reconciler_then_completes(world):
     world.server.delete()
     beating(world, "i-0ccc", slots=2)
