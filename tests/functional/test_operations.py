@@ -327,3 +327,31 @@ def test_the_api_logs_one_json_line_per_request_with_its_latency(world, caplog):
     assert all(isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0 for line in lines)
     assert lines[1]["path"] == "/api/sandboxes/{sandbox_id}"  # the route, with its id apart
     assert lines[1]["sandbox_id"] == "0123456789abcdef"
+
+
+# A host registering itself (what the launch template's user-data runs)
+
+
+def test_a_host_registers_itself_once_with_its_queues(world, monkeypatch):
+    from dispatcher.__main__ import main
+
+    monkeypatch.setenv("OPENDEVELOP_SERVER", "i-0fff")
+    monkeypatch.setenv("OPENDEVELOP_SLOTS", "3")
+
+    assert main(["--register-only"]) == 0
+    row = DockerServer.get("i-0fff")
+    assert (row.url, row.slots, row.state, row.runtime) == ("unix:///var/run/docker.sock", 3, "active", "runc")
+    assert aws.queue_depth(world.settings, row.queue_url) == 0 and aws.queue_depth(world.settings, row.dlq_url) == 0
+
+    row.update(actions=[DockerServer.state.set("draining")])
+    assert main(["--register-only"]) == 0  # registered already: left as it is
+    assert DockerServer.get("i-0fff").state == "draining"
+
+
+def test_a_retired_servers_dispatcher_will_not_serve_it(world, monkeypatch):
+    from dispatcher.__main__ import RETIRED, main
+
+    DockerServer.get("local").update(actions=[DockerServer.state.set("stopping")])
+    monkeypatch.setenv("OPENDEVELOP_SERVER", "local")
+
+    assert main([]) == RETIRED
