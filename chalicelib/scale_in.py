@@ -42,6 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from chalicelib import admin, aws, context, lifecycle, liveness
+from chalicelib.context import SERVERS_TTL_S
 from chalicelib.errors import Conflict, NotFound, Unavailable
 from chalicelib.logs import log
 from chalicelib.models import DockerServer, Sandbox, utcnow
@@ -53,6 +54,10 @@ logger = logging.getLogger("opendevelop.scale_in")
 
 EVENT_TYPE = "EC2 Instance-terminate Lifecycle Action"
 GROUP_SUFFIX = "-docker-hosts"  # the template's group: <TablePrefix>-docker-hosts
+# A server is deleted no sooner than this after its retirement began: by then no API process still
+# chooses it from a cached list of servers (``context.SERVERS_TTL_S``), so no new sandbox is sent
+# to a queue about to go.
+SETTLE_S = SERVERS_TTL_S + 3.0
 
 
 def group_name(settings: Settings) -> str:
@@ -169,7 +174,9 @@ def step(settings: Settings, server: DockerServer, autoscaling: Autoscaling) -> 
     if running:
         autoscaling.heartbeat(hook)
         return Step(server.name, "draining", running=len(running), moved=moved)
-    if liveness.is_alive(server):
+    since = server.retiring_since
+    settling = since is not None and (utcnow() - since).total_seconds() < SETTLE_S
+    if liveness.is_alive(server) or settling:
         if now_state != "stopping":
             _set_state(server, "stopping")
             log(logger, "scale_in.warm_stop", server=server.name)
