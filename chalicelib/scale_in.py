@@ -18,8 +18,9 @@ do; ``step`` looks at the row and the sandboxes and does the next thing only:
    stop (state ``stopping``, read at its next heartbeat); it stops, clearing
    its heartbeat.  A dispatcher already dead (the host failed) is not waited for.
 3. ``done``: the server's row and queues are deleted (``admin.server_delete``,
-   which refuses while anything runs there) and the lifecycle action completed
-   (``CONTINUE``): the group terminates the instance.
+   which refuses while anything runs there; never within ``SETTLE_S`` of the
+   hook) and the lifecycle action completed (``CONTINUE``): the group
+   terminates the instance.
 
 ``advance`` steps every retiring server, again and again within a time budget;
 the EventBridge handler calls it right away and a one-minute schedule
