@@ -136,7 +136,7 @@ def test_scale_in_of_one_of_three_servers_while_200_sandboxes_run_loses_nothing(
     while True:
         assert time.monotonic() - started < 240, "the flood never reached the server to retire"
         on_victim = Sandbox.by_status.query("queued", filter_condition=Sandbox.server == victim)
-        if sum(f.done() for f in futures) >= 60 and DockerServer.get(victim).running and len(list(on_victim)) >= 3:
+        if sum(f.done() for f in futures) >= 60 and DockerServer.get(victim).running and len(list(on_victim)) >= 8:
             break
         time.sleep(0.5)
 
@@ -228,14 +228,14 @@ def test_a_host_registering_itself_as_user_data_does_takes_work_within_10_s(
         time.sleep(0.05)
     ready = time.monotonic()
     first: str | None = None
-    while first is None:
-        assert time.monotonic() - ready < 10, f"server {new} took no work within 10 s of its dispatcher's start"
-        for _ in range(4):
-            sandbox_id, server = submit(fleet, secrets.token_hex(4))
-            if server == new:
-                first = sandbox_id
-                break
-        time.sleep(0.2)
+    # Rounds of 8 at once: the API picks among three idle servers, so the chance that a round misses
+    # the new one is small, and a slow answer (seconds, on a loaded machine) costs one round, not eight.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while first is None:
+            assert time.monotonic() - ready < 10, f"server {new} took no work within 10 s of its dispatcher's start"
+            for sandbox_id, server in pool.map(lambda _: submit(fleet, secrets.token_hex(4)), range(8)):
+                if server == new and first is None:
+                    first = sandbox_id
     given = time.monotonic() - ready
     fleet.wait_for(first, ("running", "terminated", "error"), timeout=10)
     took = time.monotonic() - ready
