@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Rate, Response
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import batches, images, models, openapi, params, quotas, reconciler, sandboxes, webhooks
+from chalicelib import batches, images, models, openapi, params, quotas, reconciler, sandboxes, scale_in, webhooks
 from chalicelib.context import get_context
 from chalicelib.errors import InvalidInput, OpenDevelopError, QuotaExceeded, Unavailable
 from chalicelib.logs import log, log_exception
@@ -44,6 +45,25 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        answer = _answer(*args, **kwargs)
+        request = app.current_request
+        if request is not None:
+            status = answer.status_code if isinstance(answer, Response) else 200
+            # One line per request: the route (Chalice's path is the route), the ids in it (the keys
+            # logged everywhere: ``sandbox_id``), its status and its latency.
+            log(
+                logger,
+                "api.request",
+                method=request.method,
+                path=request.path,
+                **(request.uri_params or {}),
+                status=status,
+                latency_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return answer
+
+    def _answer(*args: Any, **kwargs: Any) -> Any:
         request = app.current_request
         where = {"method": request.method, "path": request.path} if request is not None else {}
         try:
@@ -233,3 +253,23 @@ def deliver_webhook(event: Any) -> None:
     for record in event:
         outcome = webhooks.handle(settings, json.loads(record.body))
         log(logger, "webhook.handled", outcome=outcome)
+
+
+@app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": [scale_in.EVENT_TYPE]})
+def host_terminating(event: Any) -> dict[str, Any] | None:
+    """The Docker hosts' group is terminating an instance: retire its server (``chalicelib.scale_in``)."""
+    settings = get_context().settings
+    hooks = scale_in.AwsAutoscaling(settings)
+    scale_in.begin(settings, event.detail, hooks)
+    # Then on within this invocation while its time lasts; the schedule below carries on after.
+    return {"steps": scale_in.advance(settings, hooks, budget_s=SCALE_IN_BUDGET_S)}
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def scale_in_steps(event: Any) -> dict[str, Any]:
+    """Each retiring server one step further, every minute, until it is gone and its instance released."""
+    settings = get_context().settings
+    return {"steps": scale_in.advance(settings, scale_in.AwsAutoscaling(settings), budget_s=SCALE_IN_BUDGET_S)}
+
+
+SCALE_IN_BUDGET_S = 20.0  # of the functions' 30 s (.chalice/config.json's lambda_timeout)

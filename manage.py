@@ -112,6 +112,14 @@ def server_delete(args: argparse.Namespace, settings: Settings) -> None:
     out(args, {"deleted": args.name}, f"server {args.name} deleted")
 
 
+@command("status", "the operator's view: servers, their queues and load; queued, running and stuck work per app")
+def status(args: argparse.Namespace, settings: Settings) -> None:
+    from chalicelib import status as view
+
+    data = view.gather(settings)
+    out(args, data, view.as_text(data))
+
+
 @command("server-bootstrap", "set up a Debian host over SSH as a Docker server and register it (idempotent)")
 def server_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     from infra import hosts
@@ -141,6 +149,16 @@ def server_shutdown(args: argparse.Namespace, settings: Settings) -> None:
     target = hosts.SSHTarget.parse(args.ssh)
     done = hosts.shutdown(args.name, target, args.identity, args.known_hosts, args.prefix)
     out(args, {"server": args.name, "target": str(target), "result": done}, f"server {args.name} on {target}: {done}")
+
+
+@command("release-bundle", "write the release bundle Auto Scaling hosts install at boot (upload it to S3)")
+def release_bundle(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.hosts import bundle
+
+    data = bundle.release_tar(Path(args.source))
+    Path(args.out).write_bytes(data)
+    sha = bundle.sha256(data)
+    out(args, {"out": args.out, "bytes": len(data), "sha256": sha}, f"{args.out}: {len(data)} bytes, sha256 {sha}")
 
 
 @command("user-create", "create a user")
@@ -339,6 +357,8 @@ def parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=60, help="seconds to wait for the dispatcher's heartbeat (0: do not wait)"
     )
     p["server-bootstrap"].add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
+    p["release-bundle"].add_argument("--out", default="opendevelop-release.tar.gz", help="the file to write")
+    p["release-bundle"].add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
     p["user-create"].add_argument("--username", required=True)
     p["user-create"].add_argument("--email", required=True)
     p["user-create"].add_argument("--passwd", "--password", dest="passwd", required=True)

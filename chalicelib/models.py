@@ -117,7 +117,7 @@ class DockerServer(_Base):
     dlq_url = UnicodeAttribute(default="")
     slots = NumberAttribute(default=2)
     runtime = UnicodeAttribute(default="runc")
-    state = UnicodeAttribute(default="active")  # active | draining | disabled
+    state = UnicodeAttribute(default="active")  # active | draining | disabled | stopping (asked to warm-stop)
     network = BooleanAttribute(default=False)
     last_heartbeat = UTCDateTimeAttribute(null=True)
     running = NumberAttribute(default=0)
@@ -140,6 +140,9 @@ class DockerServer(_Base):
     # False while the engine cannot make containers (disk full, image store broken): no new work.
     engine_ok = BooleanAttribute(default=True)
     engine_error = UnicodeAttribute(null=True)
+    # Being retired by its Auto Scaling group (chalicelib.scale_in): the lifecycle action, and since when.
+    retiring = JSONAttribute(null=True)
+    retiring_since = UTCDateTimeAttribute(null=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
 
 
