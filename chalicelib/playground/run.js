@@ -76,12 +76,25 @@ function appendOutput(out, text) {
   }
 }
 
+// A run under way outlives a passing fault: a 503 (the API's "try again shortly") or no answer
+// at all is tried again, up to 5 times a second or more apart; any other error is the API's word.
+async function again(call) {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (tries >= 5 || (e.status !== undefined && e.status !== 503)) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 1000 * tries));
+    }
+  }
+}
+
 async function follow(id) {
   let offset = 0;
   const out = $("output");
   let looked = 0;
   for (;;) {
-    const part = await api("api/sandboxes/" + id + "/logs?offset=" + offset + "&wait=20");
+    const part = await again(() => api("api/sandboxes/" + id + "/logs?offset=" + offset + "&wait=20"));
     if (part.data) {
       appendOutput(out, part.data);
       out.scrollTop = out.scrollHeight;
@@ -89,7 +102,7 @@ async function follow(id) {
     offset = part.next;
     if (part.done) return;
     if (++looked % 3 === 0 || !part.data) {
-      const now = await api("api/sandboxes/" + id);
+      const now = await again(() => api("api/sandboxes/" + id));
       setStatus(now.status, id);
     } else if ($("status").dataset.status === "queued") {
       setStatus("running", id);
@@ -99,7 +112,7 @@ async function follow(id) {
 
 async function settled(id) {
   for (;;) {
-    const sandbox = await api("api/sandboxes/" + id + "?wait=20");
+    const sandbox = await again(() => api("api/sandboxes/" + id + "?wait=20"));
     if (FINAL.includes(sandbox.status)) return sandbox;
   }
 }

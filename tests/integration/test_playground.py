@@ -128,11 +128,10 @@ class Page:
         Select(self.by("image")).select_by_value(image)
 
     def settled(self, timeout: float = WAIT_S) -> str:
-        self.until(
-            lambda: self.status() in FINAL and self.by("run").is_enabled(),
-            timeout,
-            f"the run did not finish in {timeout} s (status {self.status()!r}, error {self.text('error')!r})",
-        )
+        try:
+            self.until(lambda: self.status() in FINAL and self.by("run").is_enabled(), timeout, "the run to finish")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n(status {self.status()!r}, error {self.text('error')!r})") from None
         return self.status()
 
     def shot(self, name: str) -> Path:
