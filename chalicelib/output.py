@@ -75,7 +75,14 @@ def read_live(settings: Settings, sandbox_id: str, stream: str, offset: int, lim
         if start > position or len(got) >= limit:
             break  # a gap (a chunk not there yet) or enough
         want = min(end, position + limit - len(got))
-        got += get_range(settings, chunk_key, position - start, want - start - 1)
+        try:
+            got += get_range(settings, chunk_key, position - start, want - start - 1)
+        except Unavailable as e:
+            if e.__cause__ is not None and aws.is_missing(e.__cause__):
+                # Listed, then deleted: the run was recorded meanwhile and its chunks cleared.  What
+                # was read stands; the caller's next read finds the settled row and its stored output.
+                break
+            raise
         position = want
     return bytes(got)
 

@@ -175,3 +175,19 @@ def test_the_dispatcher_removes_the_live_chunks_once_the_result_is_recorded(worl
 
     assert [k for k in world.stored_keys() if sandbox_id in k] == []
     assert world.get(f"/api/sandboxes/{sandbox_id}").json_body["stdout"] == "x" * 10
+
+
+def test_a_live_chunk_deleted_between_its_listing_and_its_read_is_not_a_503(world, tmp_path, monkeypatch):
+    """The run is recorded (and its chunks cleared) while a tail reads them: what was read stands."""
+    sandbox_id = running(world)
+    live = Live(world.settings, sandbox_id, tmp_path, tick_s=0)
+    (tmp_path / "logs").write_bytes(b"one\n")
+    live.tick()
+    listed = list(output._list(world.settings, output.live_prefix(sandbox_id, "logs"), ""))
+    gone = (output.live_key(sandbox_id, "logs", 4), 4)  # listed, then deleted before it is read
+    monkeypatch.setattr(output, "_list", lambda settings, prefix, after: [*listed, gone])
+    (tmp_path / "logs").write_bytes(b"one\ntwo\n")
+
+    answer = world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=0")
+    assert answer.status_code == 200, answer.body
+    assert answer.json_body == {"data": "one\n", "offset": 0, "next": 4, "done": False}
