@@ -1,4 +1,5 @@
-# OpenDevelop: `make dev` runs the whole system locally, `make test` runs every test.
+# OpenDevelop: `make dev` runs the whole system locally, `make serve` the same with its data kept
+# on disk behind nginx, `make test` runs every test.
 # Both do all the set-up themselves on a fresh Debian 12 machine (as root).
 
 PYTHON ?= python3
@@ -6,15 +7,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench dev test venv host unit functional integration drills lint format clean
+.PHONY: bench dev serve serve-deps test venv host unit functional integration drills lint format clean
 
 dev: venv host
 	$(PY) -m infra.local.dev
 
+# The one-machine installation: DynamoDB (dynalite) and S3 (s3rver) on disk in OPENDEVELOP_DATA_DIR
+# (.opendevelop/data), the API behind nginx on 127.0.0.1:8000 (infra/local/serve.py).
+serve: venv host serve-deps
+	$(PY) -m infra.local.serve
+
+# nodejs, npm and nginx from Debian, dynalite and s3rver (pinned) into .venv/node.
+serve-deps: venv
+	@bash infra/local/serve-setup.sh
+
 # The fault drills (tests/drills, about 10 minutes) run with `make drills`: in the last full runs
 # 14 of their 15 cases passed and the 15th (g) showed a race fixed since but not yet run whole
 # again, so they join `make test` once a whole run of them has passed (see the issue's note).
-test: venv host
+test: venv host serve-deps
 	$(PY) -m pytest tests clients/python/tests --ignore=tests/drills
 
 unit: venv
@@ -23,7 +33,7 @@ unit: venv
 functional: venv
 	$(PY) -m pytest tests/functional
 
-integration: venv host
+integration: venv host serve-deps
 	$(PY) -m pytest tests/integration
 
 # Fault drills of "one run, one result" (issue #11) on the real local stack; prints a results table.
@@ -43,7 +53,7 @@ package: venv
 		$(PACKAGE_DIR)/deployment.zip
 
 # Benchmarks against the raw engine (not timed tests): prints a table, writes bench/results/*.json.
-bench: venv host
+bench: venv host serve-deps
 	$(PY) bench/run.py
 
 venv: $(STAMP)
