@@ -69,7 +69,6 @@ class Serve:
     def settings(self) -> Any:
         """The settings the stack's processes run with (for in-process admin calls and boto3)."""
         from chalicelib.settings import Settings
-
         from infra.local.serve import build
 
         return Settings.from_env(build(self.env()).env())
