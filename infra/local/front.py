@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,8 @@ def _error(status: int, code: str, message: str) -> str:
         }}"""
 
 
-def config(front: Front, work_dir: Path, log_dir: Path) -> str:
-    """nginx.conf for ``front``; ``work_dir`` holds its pid and body buffers."""
+def config(front: Front, work_dir: Path, log_dir: Path, pid_file: Path) -> str:
+    """nginx.conf for ``front``; ``work_dir`` holds its body buffers."""
     user = ""
     if os.geteuid() == 0:
         # Workers never run as root.  Their body buffers are theirs alone.
@@ -86,7 +87,7 @@ def config(front: Front, work_dir: Path, log_dir: Path) -> str:
 {user}
 worker_processes 1;
 worker_rlimit_nofile 8192;
-pid {work_dir}/nginx.pid;
+pid {pid_file};
 error_log {log_dir}/front.log warn;
 events {{
     worker_connections 4096;
@@ -150,6 +151,34 @@ http {{
 """
 
 
+def end_leftovers(state_dir: Path) -> list[int]:
+    """Kill what a front killed with -9 left: its master's workers keep the port when the master dies.
+
+    The master (whose pid the pid file names) led its own process group; only
+    nginx processes still in that group are killed.
+    """
+    try:
+        group = int((state_dir / "front" / "nginx.pid").read_text().strip())
+    except (OSError, ValueError):
+        return []
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            pgrp = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            is_nginx = (entry / "cmdline").read_bytes().startswith(b"nginx")
+        except (OSError, IndexError, ValueError):
+            continue
+        if pgrp == group and is_nginx:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def prepare(front: Front, state_dir: Path, log_dir: Path) -> tuple[list[str], Path]:
     """Write the configuration; the command that runs nginx in the foreground with it, and its work folder."""
     conf_dir = state_dir / "front"
@@ -161,6 +190,6 @@ def prepare(front: Front, state_dir: Path, log_dir: Path) -> tuple[list[str], Pa
         os.chown(work_dir, nobody.pw_uid, nobody.pw_gid)
     log_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / "nginx.conf"
-    path.write_text(config(front, work_dir, log_dir))
+    path.write_text(config(front, work_dir, log_dir, conf_dir / "nginx.pid"))
     command = [nginx(), "-p", str(conf_dir), "-c", str(path), "-e", str(log_dir / "front.log"), "-g", "daemon off;"]
     return command, work_dir

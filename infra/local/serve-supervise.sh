@@ -10,7 +10,7 @@
 # it) is started again after 2 s.  The supervisor's pid file and log are in the state folder
 # (OPENDEVELOP_STATE_DIR, default .opendevelop): run/serve-supervise.pid, logs/serve.log.
 set -u
-HERE="$(cd "$(dirname "$0")" && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd -P)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 STATE="${OPENDEVELOP_STATE_DIR:-$ROOT/.opendevelop}"
 PIDFILE="$STATE/run/serve-supervise.pid"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from infra.local.front import Front
+from infra.local.front import Front, end_leftovers
 from infra.local.front import prepare as front_command
 from infra.local.persistent import S3RVER_KEY, dynamodb_command, s3_command
 
@@ -225,6 +225,8 @@ class Stack:
 
     def start_front(self) -> None:
         assert self.front is not None
+        if end_leftovers(self.state_dir):  # the workers of a front killed with -9 hold the port a moment
+            time.sleep(0.2)
         if port_open(self.front.port):
             raise RuntimeError(
                 f"port {self.front.port} is taken: is another stack running? (stop it, or set OPENDEVELOP_API_PORT)"

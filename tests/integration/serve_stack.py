@@ -27,6 +27,7 @@ class Serve:
     base: Path
     server: str = field(default_factory=lambda: f"sv{secrets.token_hex(3)}")
     extra_env: dict[str, str] = field(default_factory=dict)
+    state_name: str = "state"  # the state folder, in base
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     client: Client | None = None
@@ -39,7 +40,7 @@ class Serve:
 
     @property
     def state(self) -> Path:
-        return self.base / "state"
+        return self.base / self.state_name
 
     @property
     def data(self) -> Path:

@@ -7,6 +7,11 @@ and speaks HTTP to its front (nginx) like a user.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,7 +23,7 @@ import requests
 from infra.local.stack import DOCKER_URL
 from tests.drills.events import EventWatcher
 
-from .helpers import Client, models_bound_to, remove_containers
+from .helpers import ROOT, Client, models_bound_to, remove_containers, wait_for_text
 from .serve_stack import Serve
 
 BINARY = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 200)"  # 50 KiB, not UTF-8: an S3 object
@@ -128,3 +133,68 @@ def test_kill_9_of_every_process_mid_flood_loses_nothing_accepted_and_runs_nothi
     finally:
         stop_flood.set()
         events.close()
+
+
+def _documented_serve_blocks() -> list[list[str]]:
+    """docs/operating.md's ``sh`` blocks that drive ``serve-supervise.sh``, in order, as written."""
+    text = (ROOT / "docs" / "operating.md").read_text()
+    found = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [[line for line in b.splitlines() if line.strip()] for b in found if "serve-supervise.sh" in b]
+
+
+def _ready_count(serve: Serve) -> int:
+    log = serve.logs / "serve.log"
+    return log.read_text(errors="replace").count("ready in") if log.exists() else 0
+
+
+def _wait_ready(serve: Serve, count: int, timeout: float = 120) -> Client:
+    deadline = time.monotonic() + timeout
+    while _ready_count(serve) < count:
+        assert time.monotonic() < deadline, f"the stack did not start a {count}th time"
+        time.sleep(0.2)
+    demo = json.loads((serve.state / "demo-app.json").read_text())
+    return Client(serve.url, (demo["app_id"], demo["secret"]))
+
+
+def test_the_supervisor_restarts_a_killed_stack_and_the_documented_backup_restores(
+    tmp_path: Path, docker_client: Any, show_logs_on_failure: list[Path]
+) -> None:
+    """The guide's commands, run as written in a folder whose ``.opendevelop`` is this test's state."""
+    (tmp_path / "infra").symlink_to(ROOT / "infra")
+    serve = Serve(tmp_path, state_name=".opendevelop")
+    show_logs_on_failure.append(serve.logs)
+    start, backup, restore = _documented_serve_blocks()
+
+    def run(lines: list[str]) -> None:
+        for line in lines:
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=serve.env(), capture_output=True, timeout=120)
+            assert done.returncode == 0, f"{line}: {done.stdout!r} {done.stderr!r}"
+
+    try:
+        run(start)
+        client = _wait_ready(serve, 1)
+        wait_for_text(serve.logs / "dispatcher.log", '"dispatcher.ready"', 60)
+        before = client.submit(["echo before"])
+        assert client.wait_done(before, 60)["stdout"] == "before\n"
+        stack_pid = int(subprocess.check_output(["pgrep", "-f", "-P", _supervisor_pid(serve), "infra.local.serve"]))
+        os.kill(stack_pid, signal.SIGKILL)  # the supervisor starts it again; its children died with it
+        client = _wait_ready(serve, 2)
+        assert client.sandbox(before)["stdout"] == "before\n"
+
+        run(backup)
+        client = _wait_ready(serve, 3)
+        wait_for_text(serve.logs / "dispatcher.log", '"dispatcher.ready"', 60)
+        after = client.submit(["echo after"])
+        assert client.wait_done(after, 60)["stdout"] == "after\n"
+
+        run(restore)
+        client = _wait_ready(serve, 4)
+        assert client.sandbox(before)["stdout"] == "before\n"
+        assert client.get(f"/api/sandboxes/{after}").status_code == 404  # made after the backup
+    finally:
+        subprocess.run(["bash", "-c", "infra/local/serve-supervise.sh stop"], cwd=tmp_path, env=serve.env())
+        remove_containers(docker_client, serve.server)
+
+
+def _supervisor_pid(serve: Serve) -> str:
+    return (serve.state / "run" / "serve-supervise.pid").read_text().strip()
