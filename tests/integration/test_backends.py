@@ -1,7 +1,7 @@
 """Two implementations, one behaviour: what the platform asks of DynamoDB and S3, on moto and on
 ``make serve``'s dynalite and s3rver (``infra/local/persistent.py``).
 
-Each test runs once per endpoint (the ``backend`` parameter).  Where one of
+Each test runs once per endpoint (the ``endpoints`` fixture's parameter).  Where one of
 them deviates from AWS, the test says so and checks that the platform does not
 depend on the deviation:
 
@@ -39,7 +39,7 @@ from .helpers import models_bound_to
 
 
 @pytest.fixture(scope="module", params=["moto", "persistent"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def endpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"backend-{request.param}")
     stack = Stack(
         aws_port=free_port(),
@@ -63,7 +63,7 @@ def _sandbox(app_id: str = "app1", **fields: Any) -> Sandbox:
     )
 
 
-def test_a_conditional_write_whose_condition_fails_is_lost_not_an_error(backend: Stack) -> None:
+def test_a_conditional_write_whose_condition_fails_is_lost_not_an_error(endpoints: Stack) -> None:
     row = _sandbox()
     with pytest.raises(PutError) as raised:
         lifecycle.create(row.sandbox_id, "s1", app_id="app1", image="base", docker_image="x", cmd=["true"])
@@ -76,7 +76,7 @@ def test_a_conditional_write_whose_condition_fails_is_lost_not_an_error(backend:
     assert (Sandbox.get(row.sandbox_id).status, Sandbox.get(row.sandbox_id).return_code) == ("terminated", 0)
 
 
-def test_an_index_pages_newest_first_with_limit_and_exclusive_start_key(backend: Stack) -> None:
+def test_an_index_pages_newest_first_with_limit_and_exclusive_start_key(endpoints: Stack) -> None:
     app_id = secrets.token_hex(4)
     made = [_sandbox(app_id).sandbox_id for _ in range(7)]
     seen: list[str] = []
@@ -90,7 +90,7 @@ def test_an_index_pages_newest_first_with_limit_and_exclusive_start_key(backend:
     assert seen == list(reversed(made))
 
 
-def test_a_sparse_index_holds_only_the_rows_with_its_key(backend: Stack) -> None:
+def test_a_sparse_index_holds_only_the_rows_with_its_key(endpoints: Stack) -> None:
     app_id = secrets.token_hex(4)
     parked = _sandbox(app_id, parked_app=app_id)
     _sandbox(app_id)
@@ -99,17 +99,17 @@ def test_a_sparse_index_holds_only_the_rows_with_its_key(backend: Stack) -> None
     assert by_status[parked.sandbox_id].app_id == app_id  # a projected attribute
 
 
-def test_an_item_over_400_kb_is_refused(backend: Stack) -> None:
+def test_an_item_over_400_kb_is_refused(endpoints: Stack) -> None:
     with pytest.raises(PutError) as raised:
         _sandbox(stdout="x" * 410 * 1024)
     assert "ValidationException" in str(raised.value) or "size" in str(raised.value).lower()
 
 
-def test_ttl_is_not_relied_on(backend: Stack) -> None:
+def test_ttl_is_not_relied_on(endpoints: Stack) -> None:
     client = Sandbox._get_connection().connection.client
     table = Sandbox.Meta.table_name
     spec = {"Enabled": True, "AttributeName": "expires_at"}
-    if backend.persistent:
+    if endpoints.persistent:
         with pytest.raises(ClientError, match="UnknownOperation"):  # dynalite: TTL cannot be turned on
             client.update_time_to_live(TableName=table, TimeToLiveSpecification=spec)
     else:
@@ -119,8 +119,8 @@ def test_ttl_is_not_relied_on(backend: Stack) -> None:
     assert Sandbox.get(row.sandbox_id).sandbox_id == row.sandbox_id  # past its TTL and still there
 
 
-def test_objects_ranges_presigned_urls_and_batch_deletes(backend: Stack) -> None:
-    settings = backend.settings()
+def test_objects_ranges_presigned_urls_and_batch_deletes(endpoints: Stack) -> None:
+    settings = endpoints.settings()
     s3 = aws.s3(settings)
     key = f"t/{secrets.token_hex(4)}"
     body = bytes(range(256)) * 64
