@@ -6,7 +6,8 @@ restart loses everything.  ``make serve`` keeps its state in a data folder
 
 - ``dynamodb/``: dynalite (npm), an independent implementation of DynamoDB's
   API on LevelDB;
-- ``s3/``: s3rver (npm), S3's API over plain files, one folder per bucket.
+- ``s3/``: s3rver (npm), S3's API over plain files, one folder per bucket
+  (run by ``s3_server.js``, which mends how it reads a suffix ``Range``).
 
 SQS stays moto's, in memory: a wake-up is only a hint (the row is the truth),
 and the reconciler re-sends the wake-ups of ``queued`` rows whose queue lost
@@ -74,17 +75,17 @@ def dynamodb_command(port: int, data_dir: Path) -> list[str]:
 
 
 def s3_command(port: int, data_dir: Path) -> list[str]:
-    """s3rver on 127.0.0.1:``port``, its objects under ``data_dir/s3`` (path-style URLs only)."""
+    """s3rver on 127.0.0.1:``port``, its objects under ``data_dir/s3`` (path-style URLs only).
+
+    Run through ``s3_server.js``, which mends its reading of suffix ranges (``bytes=-N``).
+    """
     (data_dir / "s3").mkdir(parents=True, exist_ok=True)
+    _script("s3rver", "package.json")
     return [
         node(),
-        str(_script("s3rver", "bin/s3rver.js")),
-        "--address",
+        str(Path(__file__).with_name("s3_server.js")),
+        str(NODE_PREFIX),
         "127.0.0.1",
-        "--port",
         str(port),
-        "--directory",
         str(data_dir / "s3"),
-        "--silent",
-        "--no-vhost-buckets",
     ]

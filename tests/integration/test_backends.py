@@ -10,6 +10,9 @@ depend on the deviation:
   ``models.create_tables`` does not ask for one locally, and nothing in the
   platform waits for a row to vanish (a sandbox past ``expires_at`` is still
   shown; the AWS template turns TTL on);
+- s3rver reads a suffix range (``bytes=-N``) as ``bytes=0-N``; ``infra/local/s3_server.js``
+  mends that for presigned GETs, where a client's own ``Range`` reaches it (the
+  platform itself always asks for explicit ranges);
 - s3rver has no lifecycle rules (nothing expires there either) and checks
   signatures against its one account (``S3RVER``), which the stack signs with;
 - moto's server applies an update's clauses one by one (see
@@ -130,6 +133,9 @@ def test_objects_ranges_presigned_urls_and_batch_deletes(endpoints: Stack) -> No
     assert url.startswith("http://127.0.0.1:")
     fetched = requests.get(url, headers={"Range": "bytes=0-3"}, timeout=10)
     assert (fetched.status_code, fetched.content) == (206, body[:4])
+    # A suffix range through a presigned URL: s3rver alone reads "bytes=-5" as 0-5 (s3_server.js mends it).
+    fetched = requests.get(url, headers={"Range": "bytes=-5"}, timeout=10)
+    assert (fetched.status_code, fetched.content) == (206, body[-5:])
     s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": key}]})
     with pytest.raises(ClientError) as raised:
         s3.get_object(Bucket=settings.bucket, Key=key)
