@@ -262,12 +262,18 @@ def restart(bench: Bench, stored: int) -> dict[str, Any]:
     """The whole stack stopped, then started again with what it stores, until the API answers (make serve's
     start: the endpoints, the tables checked, the catalogue and server registered, the API, the dispatcher)."""
     bench.stack.stop_all()
+    log = bench.stack.log_dir / "dispatcher.log"  # type: ignore[operator]
+    seen = log.read_text().count('"dispatcher.ready"')
     started = time.perf_counter()
     bench.stack.start_aws()
     bench.stack.bootstrap(slots=bench.slots, servers=(bench.name,))
+    bench.stack.start_dispatcher(bench.name, name="dispatcher", extra=["--slots", str(bench.slots)])  # as serve.py
     bench.stack.start_api()
     api_s = time.perf_counter() - started
-    bench.start_dispatcher(bench.slots)
+    while log.read_text().count('"dispatcher.ready"') <= seen:
+        if time.perf_counter() - started > 120:
+            raise RuntimeError("the dispatcher did not start again")
+        time.sleep(0.05)
     return {"sandboxes_stored": stored, "api_ready_s": api_s, "dispatcher_ready_s": time.perf_counter() - started}
 
 

@@ -105,10 +105,11 @@ def main() -> int:
         stack = build()
         stack.start_aws()
         demo = stack.bootstrap(servers=(server,))
-        stack.start_api()
-        stack.start_front()
+        # The dispatcher and the reconciler need only the stores: they start while the API does.
         stack.start_dispatcher(server, name="dispatcher")
         stack.start_reconciler()
+        stack.start_api()
+        stack.start_front()
         print(
             BANNER.format(
                 url=stack.url,
