@@ -117,7 +117,16 @@ def test_kill_9_of_every_process_mid_flood_loses_nothing_accepted_and_runs_nothi
         for thread in threads:
             thread.join(60)
         names = " ".join(killed)
-        for part in ("infra.local.serve", "dynalite", "s3_server.js", "moto_local", "nginx", "dispatcher", "reconciler"):
+        stack_parts = (
+            "infra.local.serve",
+            "dynalite",
+            "s3_server.js",
+            "moto_local",
+            "nginx",
+            "dispatcher",
+            "reconciler",
+        )
+        for part in stack_parts:
             assert part in names, f"{part} was not among the killed: {killed}"
         assert len(accepted) >= 20, f"only {len(accepted)} accepted before the kill"
 
