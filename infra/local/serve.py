@@ -44,6 +44,7 @@ OpenDevelop is serving.
   AWS         DynamoDB {dynamodb}, S3 {s3}, SQS {aws} (moto, in memory)
   dispatcher  server "{server}" on unix:///var/run/docker.sock
   reconciler  a pass every 10 s (it re-sends the wake-ups a restart lost)
+  webhooks    delivers callback_url webhooks from the webhooks queue
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
@@ -108,6 +109,7 @@ def main() -> int:
         # The dispatcher and the reconciler need only the stores: they start while the API does.
         stack.start_dispatcher(server, name="dispatcher")
         stack.start_reconciler()
+        stack.start_webhooks()
         stack.start_api()
         stack.start_front()
         print(

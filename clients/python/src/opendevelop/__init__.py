@@ -21,8 +21,10 @@ from opendevelop.errors import (
     UnreachableError,
     UnsupportedMediaTypeError,
     WaitTimeoutError,
+    WebhookVerificationError,
 )
 from opendevelop.models import FINAL_STATES, Image, Sandbox
+from opendevelop.webhooks import verify_webhook
 
 __version__ = "1.0.0"
 
@@ -46,5 +48,7 @@ __all__ = [
     "UnreachableError",
     "UnsupportedMediaTypeError",
     "WaitTimeoutError",
+    "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

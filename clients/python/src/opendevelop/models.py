@@ -65,6 +65,8 @@ class Sandbox:
     stderr_bytes: int = 0
     inline_truncated: bool = False  # some of stdout, stderr, logs is shorter than its stream: see ``read``
     output_gone: bool = False  # the stored output has expired
+    # The webhook, when created with ``callback_url``: {"url", "status", "attempts", "last_error"}.
+    callback: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # The client that fetched it, for ``stream`` and ``read``; None for a sandbox made by hand.
     client: Any = field(default=None, repr=False, compare=False)
@@ -120,6 +122,7 @@ class Sandbox:
             finished_at=_time(data.get("finished_at")),
             duration_ms=None if data.get("duration_ms") is None else int(data["duration_ms"]),
             server=data.get("server"),
+            callback=data.get("callback"),
             raw=data,
         )
 
