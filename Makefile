@@ -1,4 +1,5 @@
-# OpenDevelop: `make dev` runs the whole system locally, `make test` runs every test.
+# OpenDevelop: `make dev` runs the whole system locally, `make serve` the same with its data kept
+# on disk behind nginx, `make test` runs every test.
 # Both do all the set-up themselves on a fresh Debian 12 machine (as root).
 
 PYTHON ?= python3
@@ -6,13 +7,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench dev test venv host browser unit functional integration drills lint format clean
+.PHONY: bench dev serve serve-deps test venv host browser unit functional integration drills lint format clean
 
 dev: venv host
 	$(PY) -m infra.local.dev
 
+# The one-machine installation: DynamoDB (dynalite) and S3 (s3rver) on disk in OPENDEVELOP_DATA_DIR
+# (.opendevelop/data), the API behind nginx on 127.0.0.1:8000 (infra/local/serve.py).
+serve: venv host serve-deps
+	$(PY) -m infra.local.serve
+
+# nodejs, npm and nginx from Debian, dynalite and s3rver (pinned) into .venv/node.
+serve-deps: venv
+	@bash infra/local/serve-setup.sh
+
 # Every test, the fault drills of "one run, one result" (tests/drills, about 10 minutes) included.
-test: venv host browser
+test: venv host browser serve-deps
 	$(PY) -m pytest tests clients/python/tests
 
 unit: venv
@@ -21,7 +31,7 @@ unit: venv
 functional: venv
 	$(PY) -m pytest tests/functional
 
-integration: venv host browser
+integration: venv host browser serve-deps
 	$(PY) -m pytest tests/integration
 
 # Fault drills of "one run, one result" (issue #11) on the real local stack; prints a results table.
@@ -43,7 +53,7 @@ package: venv
 # Benchmarks (not timed tests): the platform beside the raw engine, then fair share, then batches and
 # webhooks (each on a stack of its own); prints their figures, writes bench/results/*.json.  Each script
 # takes --quick for a smaller run.
-bench: venv host
+bench: venv host serve-deps
 	$(PY) bench/run.py
 	$(PY) bench/fair_share.py
 	$(PY) bench/batches.py

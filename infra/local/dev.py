@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,36 @@ Run a file:
 
 Ctrl-C stops everything.
 """
+
+
+def keep_running(stack: Stack, server: str, stopping: Callable[[], bool]) -> None:
+    """Supervise what ``stack`` started until ``stopping()``: a process that exits is started again.
+
+    A restarted AWS endpoint gets its tables, bucket and queues again (``bootstrap``);
+    the wake-ups its queues lost are re-sent by the reconciler from the ``queued`` rows.
+    """
+    while not stopping():
+        time.sleep(0.5)
+        for name, proc in list(stack.procs.items()):
+            if proc.poll() is None or stopping():
+                continue
+            print(f"{name} exited with {proc.returncode}; restarting it (see {stack.log_dir}/{name}.log)", flush=True)
+            stack.procs.pop(name)
+            if name == "aws":
+                stack.start_aws()
+                stack.bootstrap(servers=(server,))
+            elif name in ("dynamodb", "s3"):
+                getattr(stack, f"start_{name}")()
+            elif name == "api":
+                stack.start_api()
+            elif name == "front":
+                stack.start_front()
+            elif name == "reconciler":
+                stack.start_reconciler()
+            elif name == "webhooks":
+                stack.start_webhooks()
+            else:
+                stack.start_dispatcher(server, name=name)
 
 
 def main() -> int:
@@ -83,26 +114,7 @@ def main() -> int:
             BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, server=server, **demo), flush=True
         )
         print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
-        while not stopping:
-            time.sleep(0.5)
-            for name, proc in list(stack.procs.items()):
-                if proc.poll() is not None and not stopping:
-                    print(
-                        f"{name} exited with {proc.returncode}; restarting it (see {stack.log_dir}/{name}.log)",
-                        flush=True,
-                    )
-                    stack.procs.pop(name)
-                    if name == "aws":
-                        stack.start_aws()
-                        stack.bootstrap(servers=(server,))
-                    elif name == "api":
-                        stack.start_api()
-                    elif name == "reconciler":
-                        stack.start_reconciler()
-                    elif name == "webhooks":
-                        stack.start_webhooks()
-                    else:
-                        stack.start_dispatcher(server, name=name)
+        keep_running(stack, server, lambda: stopping)
     except RuntimeError as e:
         print(f"make dev: {e}", file=sys.stderr)
         return 1

@@ -1,13 +1,17 @@
-"""The local stack as code: moto's server, the tables and queues, ``chalice local`` and dispatchers.
+"""The local stack as code: the AWS endpoints, the tables and queues, ``chalice local`` and dispatchers.
 
-``make dev`` (``infra/local/dev.py``) and the integration tests both build the
-stack with these functions, so what the tests exercise is what a newcomer runs.
+``make dev`` (``infra/local/dev.py``), ``make serve`` (``infra/local/serve.py``)
+and the integration tests all build the stack with these functions, so what the
+tests exercise is what a newcomer runs.  With a ``data_dir`` the stack is
+``make serve``'s: DynamoDB and S3 persist there (``infra/local/persistent.py``),
+SQS stays moto's; without one, moto serves all three in memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from infra.local.front import Front, end_leftovers
+from infra.local.front import prepare as front_command
+from infra.local.persistent import S3RVER_KEY, dynamodb_command, s3_command
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -58,6 +66,13 @@ def aws_command(port: int) -> list[str]:
     return [str(VENV_BIN / "python"), "-m", "infra.local.moto_local", "-H", "127.0.0.1", "-p", str(port)]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
 def register_catalogue() -> list[str]:
     """``base`` and every catalogue image this engine has built (``infra/images``), described; their names."""
     from infra.images import catalogue
@@ -75,8 +90,18 @@ class Stack:
     state_dir: Path = ROOT / ".opendevelop"
     log_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Persistent endpoints (``make serve``): dynalite and s3rver keep their state under data_dir.
+    data_dir: Path | None = None
+    dynamodb_port: int = 0
+    s3_port: int = 0
+    # The front (``make serve``): nginx on front_port before ``chalice local`` (``infra/local/front.py``).
+    front: Front | None = None
+    # Children die with the process that started them (``make serve``: a supervisor killed
+    # with -9 leaves nothing holding the ports its next start needs).
+    die_with_parent: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict)
+    _front_dir: Path | None = None
 
     @property
     def aws_url(self) -> str:
@@ -86,6 +111,15 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def url(self) -> str:
+        """Where users reach the API: the front when there is one."""
+        return self.front.url if self.front else self.api_url
+
+    @property
+    def persistent(self) -> bool:
+        return self.data_dir is not None
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENDEVELOP_", "AWS_"))}
         env.update(
@@ -93,8 +127,8 @@ class Stack:
             OPENDEVELOP_TABLE_PREFIX=self.table_prefix,
             OPENDEVELOP_STATE_DIR=str(self.state_dir),
             AWS_ENDPOINT_URL=self.aws_url,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_ACCESS_KEY_ID=S3RVER_KEY if self.persistent else "testing",
+            AWS_SECRET_ACCESS_KEY=S3RVER_KEY if self.persistent else "testing",
             AWS_DEFAULT_REGION="us-east-1",
             PYTHONUNBUFFERED="1",
             # glibc gives each thread its own malloc arena; with a thread per slot that
@@ -103,6 +137,11 @@ class Stack:
             PYTHONPATH=str(ROOT),
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
+        if self.persistent:
+            env.update(
+                AWS_ENDPOINT_URL_DYNAMODB=f"http://127.0.0.1:{self.dynamodb_port}",
+                AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{self.s3_port}",
+            )
         env.update(self.extra_env)
         return env
 
@@ -125,17 +164,41 @@ class Stack:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         self.procs[name] = proc
         return proc
 
     def start_aws(self) -> None:
+        """moto's server; with a data folder, dynalite and s3rver beside it (``persistent.py``).
+
+        Starts only those not running: after one of them died, the others are kept.
+        """
+        if self.persistent:
+            if "dynamodb" not in self.procs:
+                self.start_dynamodb()
+            if "s3" not in self.procs:
+                self.start_s3()
+        if "aws" in self.procs:
+            return
         if port_open(self.aws_port):
             raise RuntimeError(
                 f"port {self.aws_port} is taken: is another local stack running? (stop it, or set OPENDEVELOP_AWS_PORT)"
             )
         proc = self.spawn("aws", aws_command(self.aws_port))
         wait_http(f"{self.aws_url}/moto-api/", 30, proc)
+
+    def start_dynamodb(self) -> None:
+        assert self.data_dir is not None
+        self.dynamodb_port = self.dynamodb_port or free_port()
+        proc = self.spawn("dynamodb", dynamodb_command(self.dynamodb_port, self.data_dir))
+        wait_http(f"http://127.0.0.1:{self.dynamodb_port}/", 30, proc)
+
+    def start_s3(self) -> None:
+        assert self.data_dir is not None
+        self.s3_port = self.s3_port or free_port()
+        proc = self.spawn("s3", s3_command(self.s3_port, self.data_dir))
+        wait_http(f"http://127.0.0.1:{self.s3_port}/", 30, proc)
 
     def start_api(self) -> None:
         if port_open(self.api_port):
@@ -159,6 +222,22 @@ class Stack:
             ],
         )
         wait_http(f"{self.api_url}/api/images", 60, proc)
+
+    def start_front(self) -> None:
+        assert self.front is not None
+        if end_leftovers(self.state_dir):  # the workers of a front killed with -9 hold the port a moment
+            time.sleep(0.2)
+        if port_open(self.front.port):
+            raise RuntimeError(
+                f"port {self.front.port} is taken: is another stack running? (stop it, or set OPENDEVELOP_API_PORT)"
+            )
+        command, self._front_dir = front_command(self.front, self.state_dir, self.log_dir or self.state_dir / "logs")
+        proc = self.spawn("front", command)
+        deadline = time.monotonic() + 30
+        while not port_open(self.front.port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start on port {self.front.port} (see front.log)")
+            time.sleep(0.05)
 
     def start_dispatcher(
         self, server: str = "local", name: str | None = None, extra: list[str] | None = None
@@ -192,10 +271,12 @@ class Stack:
         log = self._logs.pop(name, None)
         if log:
             log.close()
+        if name == "front" and self._front_dir:
+            shutil.rmtree(self._front_dir, ignore_errors=True)
 
     def stop_all(self) -> None:
         # Dispatchers first (they may still write results), the AWS endpoint last.
-        order = sorted(self.procs, key=lambda n: (n == "aws", n == "api"))
+        order = sorted(self.procs, key=lambda n: (n in ("aws", "dynamodb", "s3"), n == "api", n == "front"))
         for name in order:
             self.stop(name)
         self.stop_watchdogs()
@@ -227,20 +308,23 @@ class Stack:
         admin.init(settings)
         register_catalogue()
         for server in servers:
-            admin.server_create(
-                settings, server, DOCKER_URL, "", slots or os.cpu_count() or 2, runtime=runtime, replace=True
-            )
+            kept = _kept_server(settings, server) if self.persistent else None
+            if kept is None:
+                admin.server_create(
+                    settings, server, DOCKER_URL, "", slots or os.cpu_count() or 2, runtime=runtime, replace=True
+                )
         demo = self.demo_credentials()
         if not User.count(hash_key="demo"):
             User("demo", email="demo@localhost", password_hash="!", organization=False).save()
-        App(
-            demo["app_id"],
-            name="demo",
-            owner="demo",
-            secret_hash=secret_digest(settings.hmac_key, demo["secret"]),
-            limits={},
-            webhook_secret=demo["webhook_secret"],
-        ).save()
+        if not App.count(hash_key=demo["app_id"]):  # a stored demo app is kept as it is
+            App(
+                demo["app_id"],
+                name="demo",
+                owner="demo",
+                secret_hash=secret_digest(settings.hmac_key, demo["secret"]),
+                limits={},
+                webhook_secret=demo["webhook_secret"],
+            ).save()
         return demo
 
     def demo_credentials(self) -> dict[str, str]:
@@ -260,3 +344,22 @@ class Stack:
         path.write_text(json.dumps(data))
         path.chmod(0o600)
         return data
+
+
+def _kept_server(settings: Any, name: str) -> Any:
+    """A server stored by an earlier run of a persistent stack, its queues made again (SQS is in memory).
+
+    The row is kept as the operator left it (slots, state, images); only its queue
+    URLs are refreshed.  The queued rows' lost wake-ups are the reconciler's to re-send.
+    """
+    from chalicelib import aws
+    from chalicelib.models import DockerServer
+
+    try:
+        server = DockerServer.get(name)
+    except DockerServer.DoesNotExist:
+        return None
+    queue_url, dlq_url = aws.create_server_queue(settings, name)
+    if (server.queue_url, server.dlq_url) != (queue_url, dlq_url):
+        server.update(actions=[DockerServer.queue_url.set(queue_url), DockerServer.dlq_url.set(dlq_url)])
+    return server

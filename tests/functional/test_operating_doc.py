@@ -72,6 +72,9 @@ def test_the_other_commands_in_the_guide_are_ones_the_tests_run() -> None:
             assert '"ssh-keyscan"' in ssh_tests
         elif word == "tail":
             assert '/ "log" / "dispatcher.log"' in ssh_tests
+        elif word in ("infra/local/serve-supervise.sh", "tar", "rm"):
+            serve_tests = (TESTS / "integration" / "test_serve.py").read_text()
+            assert "operating.md" in serve_tests and "serve-supervise.sh" in serve_tests, line
         elif word == "curl":
             assert "/metrics" in line
             assert "opendevelop_runs_total" in (TESTS / "functional" / "test_operations.py").read_text()
@@ -85,6 +88,7 @@ def test_every_test_the_guide_names_exists() -> None:
     text = DOC.read_text()
     named = set(re.findall(r"\b(test_[a-z0-9_]+)\b", text)) - {"test_package", "test_ssh", "test_manage"}
     named -= {"test_operating_doc", "test_deployed_settings", "test_scale_in", "test_operations"}
+    named -= {"test_serve", "test_front", "test_backends"}
     assert len(named) >= 10
     sources = all_test_sources()
     for name in named:

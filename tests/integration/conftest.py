@@ -5,6 +5,11 @@ runs, on free ports, with its own table prefix, state folder and Docker server
 name, so it never clashes with a ``make dev`` already running on 5000/8000.
 Tests speak HTTP to it like a user, through ``helpers.Client``.
 
+Two implementations, one behaviour: the session stack's AWS endpoints are moto's
+(``make dev``'s) or ``make serve``'s persistent ones (dynalite, s3rver; SQS
+moto), chosen by ``--backend`` (or ``OPENDEVELOP_TEST_BACKEND``; default moto).
+Tests marked ``both_backends`` run on both, one parameter, not two copies.
+
 Nothing is skipped: without a Docker engine or the ``base`` image the tests
 fail with a message saying how to get them (``make host``).  When a test fails,
 the tails of the stack's log files are attached to its report.
@@ -12,6 +17,7 @@ the tails of the stack's log files are attached to its report.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import warnings
@@ -57,6 +63,35 @@ def docker_client() -> Any:
     return client
 
 
+BACKENDS = ("moto", "persistent")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("OPENDEVELOP_TEST_BACKEND", "moto"),
+        help="the session stack's AWS endpoints: moto (make dev's) or persistent (make serve's dynalite and s3rver)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_backends: run on the moto stack and on the persistent one")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the session stack gets its backend as a parameter, so the stacks are shared across tests."""
+    if "backend" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        values = list(BACKENDS) if both else [metafunc.config.getoption("--backend")]
+        metafunc.parametrize("backend", values, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @contextmanager
 def running_stack(
     base: Path,
@@ -65,9 +100,11 @@ def running_stack(
     slots: int = SLOTS,
     extra_env: dict[str, str] | None = None,
     webhooks: bool = False,
+    persistent: bool = False,
 ) -> Iterator[RunningStack]:
     """A whole local stack (moto, ``chalice local``, one dispatcher) for server ``name``; stopped on exit.
 
+    ``persistent``: DynamoDB and S3 are ``make serve``'s dynalite and s3rver, on disk in ``base``.
     ``webhooks``: the webhook poller runs too (``infra.local.webhooks``); ``extra_env`` reaches every process.
 
     Tests that kill or disturb things build their own with this, so they never
@@ -81,6 +118,7 @@ def running_stack(
         log_dir=base / "logs",
         # A short long-poll so the dispatcher's warm stop at teardown takes ~2 s, not 10.
         extra_env={"OPENDEVELOP_POLL_WAIT": "2", **(extra_env or {})},
+        data_dir=base / "data" if persistent else None,
     )
     try:
         stack.start_aws()
@@ -106,10 +144,10 @@ def running_stack(
 
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, pytestconfig: pytest.Config
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, pytestconfig: pytest.Config, backend: str
 ) -> Iterator[RunningStack]:
     name = f"it{secrets.token_hex(3)}"
-    with running_stack(tmp_path_factory.mktemp(name), name) as running:
+    with running_stack(tmp_path_factory.mktemp(name), name, persistent=backend == "persistent") as running:
         pytestconfig.stash[STACK_KEY] = running.stack
         yield running
 

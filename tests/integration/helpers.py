@@ -119,7 +119,7 @@ class RunningStack:
     def boto(self, service: str) -> Any:
         import boto3
 
-        return boto3.client(service, **self.stack.settings().boto_kwargs())
+        return boto3.client(service, **self.stack.settings().boto_kwargs(service))
 
     def queue_depth(self) -> int:
         """Messages on the server's queue, visible or in flight."""

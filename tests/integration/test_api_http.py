@@ -14,7 +14,8 @@ import requests
 
 from .helpers import SLOTS, Client, RunningStack, multipart, run_containers
 
-pytestmark = pytest.mark.timeout(120)
+# Both backends: the same tests on moto and on make serve's dynalite and s3rver (see conftest).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_backends]
 
 
 def terminated(sandbox: dict[str, Any], return_code: int = 0) -> dict[str, Any]:

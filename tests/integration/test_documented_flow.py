@@ -19,7 +19,8 @@ import pytest
 
 from .helpers import Client, cmdline, descendants, multipart, remove_containers, start_make_dev
 
-pytestmark = pytest.mark.timeout(120)
+# Both backends: the same tests on moto and on make serve's dynalite and s3rver (see conftest).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_backends]
 
 TEST_PY = 'print("hello opendevelop!")\n'
 HELLO = "hello opendevelop!\n"

@@ -14,7 +14,8 @@ import pytest
 
 from .helpers import Client, RunningStack
 
-pytestmark = pytest.mark.timeout(180)
+# Both backends: the same tests on moto and on make serve's dynalite and s3rver (see conftest).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.both_backends]
 MIB = 1024 * 1024
 
 
