@@ -253,16 +253,9 @@ def tail(settings: Settings, app: App, sandbox_id: str, stream: str, offset: int
             data = output.read_stored(settings, sb, stream, offset, output.TAIL_BYTES)
             end = output.stored_size(sb, stream)
         else:
-            try:
-                data = output.read_live(settings, sandbox_id, stream, offset, output.TAIL_BYTES)
-            except Unavailable as e:
-                if e.__cause__ is None or not aws.is_missing(e.__cause__):
-                    raise
-                # A chunk listed a moment ago is gone: the dispatcher has just recorded the result
-                # and removed its chunks.  The row says where the output is now.
-                sb, data = _reread(sb), b""
-                if output.recorded(sb):
-                    continue
+            # A chunk deleted as it is read (the result was just recorded) ends the read early
+            # (output.read_live); the row, read again below, then says where the output is.
+            data = output.read_live(settings, sandbox_id, stream, offset, output.TAIL_BYTES)
             end = offset + len(data)  # a settled sandbox with no recorded output: its chunks are all there is
         data = output.text_upto(data, final=settled and offset + len(data) >= end)
         done = settled and offset + len(data) >= end
