@@ -66,6 +66,10 @@ def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, set
     ``settles``: the write moves the sandbox to a final state; the winner does
     what follows a settle (``_settled``): frees its quotas, queues its webhook.
     """
+    if settles:
+        # Marked in the settling write itself: the release of its quotas is owed until done, so a
+        # process that dies between this write and the release leaves a mark the reconciler finds.
+        actions = [*actions, Sandbox.release_pending.set("1")]
     try:
         response = Sandbox._get_connection().update_item(
             sandbox_id, actions=list(actions), condition=condition, return_values="ALL_NEW" if settles else "NONE"
@@ -82,12 +86,13 @@ def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, set
 def _settled(sandbox_id: str, row: dict[str, Any]) -> None:
     """After a settling write was won (once per sandbox): free its quotas, queue its webhook's first attempt.
 
-    The transition stands whatever happens here.  A quota not freed holds one
-    slot too many until an operator repairs it (logged); a webhook not queued is
-    queued again by the reconciler (``webhooks.rederive``).
+    The transition stands whatever happens here.  A release not done (this
+    process died, or DynamoDB failed) is done by the reconciler from the row's
+    ``release_pending`` mark (``quotas.rederive_releases``); a webhook not queued
+    is queued again by the reconciler (``webhooks.rederive``).
     """
     try:
-        quotas.release(row)
+        quotas.release(row, unmark=True)
     except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
         log(logger, "quota.release_failed", logging.ERROR, sandbox_id=sandbox_id, error=describe(e))
     if "callback_url" not in row:
@@ -241,7 +246,11 @@ def cancel(sandbox: Sandbox) -> bool:
         condition = running_as(sandbox.token)
     try:
         sandbox.update(
-            actions=[Sandbox.status.set("cancelled"), Sandbox.finished_at.set(utcnow())],
+            actions=[
+                Sandbox.status.set("cancelled"),
+                Sandbox.finished_at.set(utcnow()),
+                Sandbox.release_pending.set("1"),  # see _write
+            ],
             condition=condition,
         )
     except UpdateError as e:

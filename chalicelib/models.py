@@ -202,6 +202,19 @@ class SandboxesByCallback(GlobalSecondaryIndex["Sandbox"]):
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
+class SandboxesByRelease(GlobalSecondaryIndex["Sandbox"]):
+    """Settled sandboxes whose quotas are still to be freed (sparse: ``release_pending`` is set by the
+    settling write and removed once the release is done).  The reconciler frees what a process
+    that died between the two left (``chalicelib.quotas.rederive_releases``)."""
+
+    class Meta:
+        index_name = "by_release"
+        projection = IncludeProjection(["finished_at"])
+
+    release_pending = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
 class SandboxesParked(GlobalSecondaryIndex["Sandbox"]):
     """An app's parked sandboxes, oldest first (sparse: only rows holding ``parked_app``; see ``quotas``)."""
 
@@ -278,9 +291,11 @@ class Sandbox(_Base):
     callback_error = UnicodeAttribute(null=True)
     callback_due_at = UTCDateTimeAttribute(null=True)
     callback_pending = UnicodeAttribute(null=True)  # "1" while pending: the by_callback index's key
+    release_pending = UnicodeAttribute(null=True)  # "1" from the settle until its quotas are freed: by_release's key
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
     by_callback = SandboxesByCallback()
+    by_release = SandboxesByRelease()
     parked = SandboxesParked()
 
 

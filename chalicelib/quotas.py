@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import PynamoDBException, UpdateError
 
 from chalicelib.errors import InvalidInput, QuotaExceeded
 from chalicelib.logs import describe, log
-from chalicelib.models import App, Counter, DockerServer, Sandbox, bound_settings, utcnow
+from chalicelib.models import FINAL_STATES, App, Counter, DockerServer, Sandbox, bound_settings, utcnow
 from chalicelib.settings import QUOTA_DEFAULTS, Settings
 
 QUOTAS = tuple(QUOTA_DEFAULTS)
@@ -187,13 +187,22 @@ def give_back(taken: Taken) -> None:
             log(logger, "quota.give_back_failed", logging.ERROR, app_id=taken.app_id, counter=key, error=describe(e))
 
 
-def release(row: dict[str, Any]) -> None:
+def release(row: dict[str, Any], unmark: bool = False) -> None:
     """A sandbox settled (``row``: its attributes after the settling write, DynamoDB JSON).
 
     Its concurrency slot is freed, the unused part of its reserved run time
     given back to the day it was created on, and the time it ran added to it.
     Rows from before quotas (no ``quota_seconds``) held nothing and release nothing.
+    ``unmark``: then remove the row's ``release_pending`` mark (the settling
+    process does; ``rederive_releases`` removes it before, to own the release).
     """
+    _release(row)
+    sandbox_id = _s(row, "sandbox_id")
+    if unmark and sandbox_id and "release_pending" in row:
+        _unmark_release(sandbox_id)
+
+
+def _release(row: dict[str, Any]) -> None:
     app_id = _s(row, "app_id")
     reserved = _n(row, "quota_seconds")
     if not app_id or reserved is None:
@@ -338,3 +347,50 @@ def check_quotas(quotas: dict[str, Any]) -> dict[str, int]:
             raise InvalidInput(name, f"{number} is below 0 (0 is no limit)")
         out[name] = number
     return out
+
+
+# Releases a dead process left (the row's release_pending mark outlived its settle).
+
+RELEASE_GRACE_S = 60  # a live settling process frees the quotas within milliseconds of its settle
+
+
+def _unmark_release(sandbox_id: str) -> bool:
+    """Remove the row's release mark; whether this call did (so exactly one caller owns a late release)."""
+    try:
+        Sandbox._get_connection().update_item(
+            sandbox_id,
+            actions=[Sandbox.release_pending.remove()],
+            condition=Sandbox.release_pending.exists(),
+            return_values="NONE",
+        )
+    except UpdateError as e:
+        if _lost(e):
+            return False
+        raise
+    return True
+
+
+def rederive_releases(errors: list[str], now: datetime | None = None, most: int = 100) -> int:
+    """Free the quotas of sandboxes settled more than ``RELEASE_GRACE_S`` ago and never released
+    (their settling process died first); how many.  The mark is removed first (one owner), then the
+    counters are given back, so a process dying here leaves one slot too many free, never one held."""
+    now = now or utcnow()
+    done = 0
+    try:
+        rows = list(Sandbox.by_release.query("1", limit=most, page_size=most))
+    except PynamoDBException as e:
+        errors.append(f"reading unreleased sandboxes: {e}")
+        return 0
+    for row in rows:
+        if row.finished_at is not None and (now - row.finished_at).total_seconds() < RELEASE_GRACE_S:
+            continue
+        try:
+            item = Sandbox._get_connection().get_item(row.sandbox_id, consistent_read=True).get("Item") or {}
+            if not item or _s(item, "status") not in FINAL_STATES or not _unmark_release(row.sandbox_id):
+                continue
+            _release(item)
+            done += 1
+            log(logger, "quota.released_late", sandbox_id=row.sandbox_id, app_id=_s(item, "app_id"))
+        except Exception as e:  # noqa: BLE001 - the next pass tries again
+            errors.append(f"releasing the quotas of {row.sandbox_id}: {describe(e)}")
+    return done

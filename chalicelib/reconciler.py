@@ -103,6 +103,8 @@ def reconcile(
         _settle_queued(settings, config, row, servers, report)
     woken = [row for row in queued if row.sandbox_id not in report.moved and not row.parked_app]
     _rewake(settings, config, woken, servers, report)
+    # Quotas a settling process died before freeing: freed now (which also wakes the app's parked).
+    report.released = quotas.rederive_releases(report.errors)
     # Parked rows have no wake-up to lose: they are woken by their app's settles.  Should one of
     # those have been lost (a process died between a settle and its unpark), this wakes them.
     for app_id in sorted({row.parked_app for row in queued if row.parked_app and row.sandbox_id not in report.moved}):

@@ -7,6 +7,7 @@ are woken oldest first as the app's own sandboxes settle.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from chalicelib import context, lifecycle, quotas, reconciler
@@ -97,3 +98,35 @@ def test_a_share_follows_the_active_servers_slots_by_default(world):
     ids = [post(world) for _ in range(slots + 2)]
 
     assert queue(world) == ids[:slots]
+
+
+def test_quotas_a_process_died_before_freeing_are_freed_by_the_reconciler_and_its_parked_wake(world, monkeypatch):
+    world.monkeypatch.setenv("OPENDEVELOP_FAIR_SHARE", "1")
+    world.reload_settings()
+    first, second = post(world), post(world)
+    world.queued_messages()
+    # The first is cancelled, and the process dies between the settling write and the release.
+    monkeypatch.setattr(quotas, "release", lambda row, unmark=False: None)
+    assert lifecycle.cancel(Sandbox.get(first))
+    monkeypatch.undo()
+    assert counter(world.app_id) == {"active": 2, "woken": 1, "parked": 1}  # the share is held: second waits
+    assert Sandbox.get(first).release_pending == "1"
+
+    reconciler.reconcile(world.settings)  # within the grace: a live process may still be releasing
+    assert counter(world.app_id) == {"active": 2, "woken": 1, "parked": 1}
+
+    later = Sandbox.get(first).finished_at + timedelta(seconds=quotas.RELEASE_GRACE_S + 1)
+    errors: list[str] = []
+    assert quotas.rederive_releases(errors, now=later) == 1
+    assert errors == []
+    assert Sandbox.get(first).release_pending is None
+    assert counter(world.app_id) == {"active": 1, "woken": 1, "parked": 0}  # freed, and second woken
+    assert queue(world) == [second]
+    assert quotas.rederive_releases(errors, now=later) == 0  # once only
+
+
+def test_a_settle_that_releases_leaves_no_mark(world):
+    sandbox_id = post(world)
+    assert lifecycle.cancel(Sandbox.get(sandbox_id))
+    assert Sandbox.get(sandbox_id).release_pending is None
+    assert counter(world.app_id)["active"] == 0
