@@ -16,6 +16,7 @@ failure of the run is classified and settled (see ``outcome``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.models import Sandbox
 from chalicelib.settings import Settings
-from dispatcher import watchdog
+from dispatcher import artifact_store, watchdog
 from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
 from dispatcher.live import Live, forget
@@ -65,6 +66,7 @@ def spec_of(sandbox: Sandbox) -> RunSpec:
             pids=int(limits.get("pids", 128)),
             disk_mb=int(limits.get("disk_mb", 64)),
             output_bytes=int(limits.get("output_kb", 64)) * 1024,
+            artifacts_bytes=int(limits.get("artifacts_kb", 1024)) * 1024,
             files_bytes=int(sandbox.files_bytes or 0),
             env=dict(sandbox.env or {}),
             network=bool(sandbox.network),
@@ -250,7 +252,7 @@ class Pipeline:
             self.spool.keep(sandbox_id, token, result)  # an engine that kept the output in memory
         while True:
             try:
-                actions = self._result(sandbox_id, result)
+                actions = self._result(sandbox_id, token, result)
                 # The result is real: keep trying to write it through a DynamoDB outage.
                 won = self.retry(
                     "recording the result",
@@ -282,8 +284,9 @@ class Pipeline:
         )
         return True
 
-    def _result(self, sandbox_id: str, result: RunResult) -> list[Action]:
-        """The row's result attributes; a stream the row's text does not hold exactly is uploaded."""
+    def _result(self, sandbox_id: str, token: str, result: RunResult) -> list[Action]:
+        """The row's result attributes; a stream the row's text does not hold exactly is uploaded, and so
+        are the artifacts (``artifact_store``)."""
         actions: list[Action] = [
             Sandbox.return_code.set(result.return_code),
             Sandbox.timed_out.set(result.timed_out),
@@ -311,7 +314,7 @@ class Pipeline:
             actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
         actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
         actions.append(Sandbox.inline_truncated.set(cut))
-        return actions
+        return actions + artifact_store.store(sandbox_id, token, result, functools.partial(self._upload, sandbox_id))
 
     def _upload(self, sandbox_id: str, key: str, path: Path) -> None:
         try:

@@ -33,7 +33,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from chalicelib.logs import log
-from dispatcher import watchdog
+from dispatcher import artifacts, watchdog
 from dispatcher.attach import Capture, demux, send_input, stdin_for
 from dispatcher.container import (
     LABEL_POOL,
@@ -296,7 +296,10 @@ class Runner:
     def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
-        capture = Capture(spec.output_bytes, spec.output_dir)
+        nonce = artifacts.new_nonce()
+        collector = artifacts.Collector(spec.output_dir, spec.artifacts_bytes)
+        splitter = artifacts.Splitter(nonce, collector)
+        capture = Capture(spec.output_bytes, spec.output_dir, splitter)
         timed_out = threading.Event()
         deadline: threading.Thread | None = None
         started = time.monotonic()
@@ -312,7 +315,7 @@ class Runner:
                 # Off the program's path: the deadline holds even if this process stops.
                 deadline = threading.Thread(target=self._leave_deadline, args=(cid, spec), daemon=True)
                 deadline.start()
-            data = stdin_for(spec, payload)
+            data = stdin_for(spec, payload, nonce)
             # Everything but the program's own stdin: once written, the program may have started.
             program_at = len(data) - (len(payload) - spec.files_bytes)
             on_program = functools.partial(self._program_started, spec.sandbox_id)
@@ -337,7 +340,12 @@ class Runner:
             deadline.join(5)
             watchdog.clear(self.spool or Path(), cid)
         code = int(status.get("StatusCode", -1))
-        if code in SIGNALLED and duration >= spec.timeout_s:
+        if splitter.status is not None:
+            # The program ended on its own (the prologue said so, with its status, before its files):
+            # a kill after that (its deadline passed while its files were read) is not its result.
+            code = splitter.status
+            timed_out.clear()
+        elif code in SIGNALLED and duration >= spec.timeout_s:
             # Killed at or past its time limit, whoever killed it (the watchdog, while this process
             # was stopped, say): the time limit's result, never a failure to run it again.
             timed_out.set()
@@ -355,6 +363,10 @@ class Runner:
             duration_s=duration,
             container_id=cid,
             output_dir=spec.output_dir,
+            artifacts_count=collector.count,
+            artifacts_bytes=collector.bytes,
+            artifacts_truncated=collector.truncated,
+            artifacts_skipped=collector.skipped,
         )
 
     def _stopped_from_outside(self, cid: str, since: float) -> str:
