@@ -85,17 +85,17 @@ class Collector:
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view and not (self.ended or self.broken):
-            if self._skip:
-                n = min(self._skip, len(view))
-                self._skip -= n
-                view = view[n:]
-            elif self._copy:
+            if self._copy:  # a kept file's bytes (then its padding, skipped)
                 n = min(self._copy, len(view))
                 self._write(view[:n])
                 self._copy -= n
                 view = view[n:]
                 if not self._copy:
                     self._end_entry()
+            elif self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
             else:
                 need = (self._meta_size if self._meta else BLOCK) - len(self._buf)
                 self._buf += view[:need]
