@@ -5,6 +5,7 @@ sandbox = Client().run("python test.py", files=["test.py"])
 print(sandbox.stdout, end="")
 """
 
+from opendevelop.artifacts import UnsafeArtifactError
 from opendevelop.client import DEFAULT_URL, Client
 from opendevelop.errors import (
     BadRequestError,
@@ -21,12 +22,13 @@ from opendevelop.errors import (
     UnsupportedMediaTypeError,
     WaitTimeoutError,
 )
-from opendevelop.models import FINAL_STATES, Image, Sandbox
+from opendevelop.models import FINAL_STATES, Artifact, Image, Sandbox
 
 __version__ = "1.0.0"
 
 __all__ = [
     "DEFAULT_URL",
+    "Artifact",
     "FINAL_STATES",
     "BadRequestError",
     "Client",
@@ -42,6 +44,7 @@ __all__ = [
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnreachableError",
+    "UnsafeArtifactError",
     "UnsupportedMediaTypeError",
     "WaitTimeoutError",
     "__version__",
