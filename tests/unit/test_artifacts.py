@@ -194,3 +194,15 @@ def test_the_prologue_writes_the_marker_and_a_tar_of_out_after_the_program(tmp_p
     assert (done.returncode, splitter.status, program) == (7, 7, b"")
     assert kept(out) == {"a/b": b"hi\n"}
     assert collector.skipped == 1  # the symlink
+
+
+def test_the_buckets_lifecycle_rule_covers_the_artifacts():
+    import re
+
+    from chalicelib import artifacts, output
+
+    template = (Path(__file__).resolve().parents[2] / "infra" / "aws" / "resources.yaml").read_text()
+    rule = re.search(r"Id: expire-sandbox-files\s+Status: Enabled\s+Prefix: (\S+)", template)
+    assert rule is not None
+    for key in (artifacts.prefix("0123", "tok") + artifacts.TAR, output.key("0123", "stdout")):
+        assert key.startswith(rule.group(1))
