@@ -1,4 +1,4 @@
-"""The Docker engine, behind ``dispatcher.engine.Engine``: the only part of the dispatcher that knows Docker.
+"""The Docker engine behind ``dispatcher.engine.Engine`` (with ``kills``, ``health``, ``docker_errors``).
 
 A run gets a fresh container configured by ``container.configure`` (or a
 spare of the same configuration, see ``pool``), attaches to it, feeds it its
