@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Rate, Response
+from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import artifacts, images, models, openapi, params, reconciler, sandboxes
+from chalicelib import artifacts, images, models, openapi, params, quotas, reconciler, sandboxes
 from chalicelib.context import get_context
-from chalicelib.errors import OpenDevelopError, Unavailable
+from chalicelib.errors import OpenDevelopError, QuotaExceeded, Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.validation import parse_request
 
@@ -29,10 +30,12 @@ app.api.binary_types.extend(["application/octet-stream", "application/x-tar"])
 logger = logging.getLogger("opendevelop.api")
 
 
-def _error(status: int, code: str, message: str) -> Response:
+def _error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
     headers = {"Content-Type": "application/json"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="opendevelop"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Response(body=json.dumps({"Code": code, "Message": message}), status_code=status, headers=headers)
 
 
@@ -50,6 +53,8 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
         except Unavailable as e:
             log(logger, "api.unavailable", logging.WARNING, **where, error=e.message)
             return _error(503, e.code, "the service is unavailable right now; try again shortly")
+        except QuotaExceeded as e:
+            return _error(e.status, e.code, e.message, retry_after=e.retry_after)
         except OpenDevelopError as e:
             return _error(e.status, e.code, e.message)
         except Exception as e:  # noqa: BLE001 - the boundary: logged in full here, once, and shown briefly
@@ -93,6 +98,17 @@ def list_images() -> Any:
 def show_image(name: str) -> Any:
     current_app()
     return images.detail(name)
+
+
+@app.route("/api/usage", methods=["GET"])
+@api_view
+def usage() -> Any:
+    """The app's own use and quotas: running, queued, today's sandboxes and run seconds, the limits."""
+    owner = current_app()
+    try:
+        return quotas.usage(owner, get_context().settings)
+    except PynamoDBException as e:
+        raise Unavailable(f"reading the app's usage: {e}") from e
 
 
 @app.route("/api/sandboxes", methods=["GET"])

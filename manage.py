@@ -36,8 +36,15 @@ from typing import Any  # noqa: E402
 from chalicelib import admin, models  # noqa: E402
 from chalicelib.errors import OpenDevelopError  # noqa: E402
 from chalicelib.models import App, DockerServer, Image, User  # noqa: E402
+from chalicelib.quotas import QUOTAS  # noqa: E402
 from chalicelib.settings import Settings, SettingsError  # noqa: E402
 from chalicelib.validation import LIMIT_FIELDS  # noqa: E402
+
+QUOTA_HELP = {
+    "concurrency": "sandboxes queued or running at once (0: no limit)",
+    "rate": "sandboxes created per minute (0: no limit)",
+    "daily_seconds": "run seconds per UTC day; each sandbox reserves its timeout until it ends (0: no limit)",
+}
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Settings], Any], str]] = {}
 
@@ -187,8 +194,27 @@ def app_list(args: argparse.Namespace, settings: Settings) -> None:
 
 @command("app-set-limits", "set an app's ceilings (a request may not ask for more)")
 def app_set_limits(args: argparse.Namespace, settings: Settings) -> None:
-    app = admin.app_set_limits(args.app_id, _limits(args), settings, network=args.network)
-    out(args, admin.describe(app), f"app {app.app_id} limits: {json.dumps(app.limits)}")
+    app_quotas = {name: getattr(args, name) for name in QUOTAS if getattr(args, name, None) is not None}
+    app = admin.app_set_limits(args.app_id, _limits(args), settings, network=args.network, app_quotas=app_quotas)
+    out(
+        args,
+        admin.describe(app),
+        f"app {app.app_id} limits: {json.dumps(app.limits)} quotas: {json.dumps(app.quotas or {})}",
+    )
+
+
+@command("app-usage", "an app's sandboxes running and queued, today's use, and its quotas")
+def app_usage(args: argparse.Namespace, settings: Settings) -> None:
+    usage = admin.app_usage(args.app_id, settings)
+    limits = usage["limits"]
+    out(
+        args,
+        usage,
+        f"running: {usage['running']}  queued: {usage['queued']}\n"
+        f"today: {usage['today']['sandboxes']} sandboxes, {usage['today']['run_seconds']} run seconds\n"
+        f"limits: concurrency {limits['concurrency']}, rate {limits['rate']}/min, "
+        f"daily_seconds {limits['daily_seconds']} (0: no limit)",
+    )
 
 
 @command("app-rotate-secret", "give an app a new secret (the old one stops working)")
@@ -320,7 +346,9 @@ def parser() -> argparse.ArgumentParser:
             p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit, help=f"ceiling for {limit}")
     p["app-create"].add_argument("--network", action="store_true", help="sandboxes may ask for network access")
     p["app-set-limits"].add_argument("--network", action=argparse.BooleanOptionalAction, default=None)
-    for name in ("app-set-limits", "app-rotate-secret", "app-delete"):
+    for quota, what in QUOTA_HELP.items():
+        p["app-set-limits"].add_argument(f"--{quota}", f"--{quota.replace('_', '-')}", dest=quota, type=int, help=what)
+    for name in ("app-set-limits", "app-usage", "app-rotate-secret", "app-delete"):
         p[name].add_argument("--app_id", "--app-id", dest="app_id", required=True)
     p["image-create"].add_argument("--name", required=True)
     p["image-create"].add_argument("--description", default="")

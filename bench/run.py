@@ -16,7 +16,11 @@ same run:
   200 MB output flood;
 * the CPU the local stack's own processes (moto's server, ``chalice local``,
   the dispatcher) take per run during the throughput runs: on one machine it
-  is taken from the engine.
+  is taken from the engine;
+* the AWS calls per run during the throughput runs, by service and action, as
+  the local AWS endpoint counted them (``infra/local/moto_calls.py``): every
+  call of every process (the API's create and its waiting reads, the
+  dispatcher's, the reconciler's), divided by the runs.
 
 Results go to ``bench/results/<time>.json`` with the machine's description.
 Medians are quoted: machines here are noisy.  Options: ``--quick`` for a
@@ -97,6 +101,12 @@ class Bench:
             out[name] = (int(fields[11]) + int(fields[12])) / tick
         return out
 
+    def aws_calls(self) -> dict[str, int]:
+        """The calls the local AWS endpoint has answered so far, per ``service:action``."""
+        response = self.session.get(f"{self.stack.aws_url}/_opendevelop/calls", timeout=10)
+        response.raise_for_status()
+        return {str(k): int(v) for k, v in response.json().items()}
+
     def dispatcher_peak_rss_mb(self) -> float:
         pid = self.stack.procs["dispatcher"].pid
         status = Path(f"/proc/{pid}/status").read_text()
@@ -164,12 +174,14 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
     for slots in slot_counts:
         bench.start_dispatcher(slots)
         cpu_before = bench.cpu_seconds()
+        calls_before = bench.aws_calls()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             ids = list(pool.map(lambda _: bench.submit(), range(runs)))
             results = list(pool.map(bench.wait, ids))
         platform_wall = time.perf_counter() - started
         cpu_after = bench.cpu_seconds()
+        calls = per_run(calls_before, bench.aws_calls(), runs)
         bench.settle(slots)
         bad = [r for r in results if r["status"] != "terminated" or r["logs"] != HELLO]
         rss = bench.dispatcher_peak_rss_mb()
@@ -189,8 +201,27 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
             "dispatcher_peak_rss_mb": rss,
             # Core-seconds per run the local stack's own processes took from the machine the engine runs on.
             "stack_cpu_s_per_run": {name: (cpu_after[name] - cpu_before.get(name, 0.0)) / runs for name in cpu_after},
+            "aws_calls_per_run": calls,
         }
     return out
+
+
+def per_run(before: dict[str, int], after: dict[str, int], runs: int) -> dict[str, float]:
+    """Calls per run, per ``service:action`` that was called in between."""
+    return {k: (n - before.get(k, 0)) / runs for k, n in sorted(after.items()) if n > before.get(k, 0)}
+
+
+def calls_line(calls: dict[str, float]) -> str:
+    """``12.3: dynamodb 8.1 (UpdateItem 3.0, ...), sqs 3.2 (...)`` -- the total, then by service."""
+    services: dict[str, dict[str, float]] = {}
+    for key, n in calls.items():
+        service, _, action = key.partition(":")
+        services.setdefault(service, {})[action] = n
+    parts = []
+    for service, actions in sorted(services.items()):
+        detail = ", ".join(f"{a} {n:.2f}" for a, n in sorted(actions.items(), key=lambda kv: -kv[1]))
+        parts.append(f"{service} {sum(actions.values()):.2f} ({detail})")
+    return f"{sum(calls.values()):.2f}: " + "; ".join(parts)
 
 
 def api_times(bench: Bench, sizes: list[int], samples: int = 30) -> dict[str, Any]:
@@ -300,6 +331,9 @@ def table(result: dict[str, Any]) -> str:
         if "stack_cpu_s_per_run" in t:
             used = " / ".join(f"{name} {1000 * v:.0f}" for name, v in sorted(t["stack_cpu_s_per_run"].items()))
             lines.append(f"  {slots} slots: CPU the local stack took per run (core-ms): {used}")
+    for slots, t in result["throughput"].items():
+        if t.get("aws_calls_per_run"):
+            lines.append(f"  {slots} slots: AWS calls per run {calls_line(t['aws_calls_per_run'])}")
     lines += ["", "API (ms, p50)     GET one   first page   of which the endpoint's Query"]
     for size, a in result["api"].items():
         query = a.get("endpoint_query_p50_ms")

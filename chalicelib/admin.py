@@ -11,7 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist
 
-from chalicelib import aws, image_meta, lifecycle, models, scheduling
+from chalicelib import aws, image_meta, lifecycle, models, quotas, scheduling
 from chalicelib.auth import hash_password, new_id, new_secret, secret_digest
 from chalicelib.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from chalicelib.models import App, DockerServer, Image, Sandbox, User
@@ -115,14 +115,29 @@ def check_limits(limits: dict[str, Any], settings: Settings) -> dict[str, float]
     return out
 
 
-def app_set_limits(app_id: str, limits: dict[str, Any], settings: Settings, network: bool | None = None) -> App:
+def app_set_limits(
+    app_id: str,
+    limits: dict[str, Any],
+    settings: Settings,
+    network: bool | None = None,
+    app_quotas: dict[str, Any] | None = None,
+) -> App:
+    """Set an app's ceilings, network permission and quotas (``concurrency``, ``rate``, ``daily_seconds``)."""
     app = _get(App, app_id, "app", field="app_id")
     merged = {**(app.limits or {}), **check_limits(limits, settings)}
     actions = [App.limits.set(merged)]
     if network is not None:
         actions.append(App.network.set(network))
+    new_quotas = quotas.check_quotas(app_quotas or {})
+    if new_quotas:
+        actions.append(App.quotas.set({**(app.quotas or {}), **new_quotas}))
     app.update(actions=actions)
     return app
+
+
+def app_usage(app_id: str, settings: Settings) -> dict[str, Any]:
+    """What the app's ``GET /api/usage`` answers: running, queued, today's use and the limits."""
+    return quotas.usage(_get(App, app_id, "app", field="app_id"), settings)
 
 
 def app_rotate_secret(app_id: str, settings: Settings) -> tuple[App, str]:

@@ -66,8 +66,14 @@ class UnsupportedMediaType(OpenDevelopError):
 
 
 class QuotaExceeded(OpenDevelopError):
+    """Over a per-app quota (``chalicelib.quotas``); ``retry_after``: seconds until it frees, or a guess."""
+
     status = 429
-    code = "TooManyRequestsError"
+    code = "TooManyRequests"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(OpenDevelopError):

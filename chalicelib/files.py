@@ -12,6 +12,7 @@ import tarfile
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 from chalicelib.errors import InvalidInput
 
@@ -36,7 +37,14 @@ def clean_name(raw: str | None, field: str = "files") -> str:
     """
     if raw is None or raw.strip() == "":
         raise InvalidInput(field, "a file has no name")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in raw):
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "a file name is not valid Unicode text (it holds a lone surrogate)") from None
+    if len(raw) > 4 * MAX_NAME_BYTES:
+        raise InvalidInput(field, f"file name {raw[:64]!r}... is too long")
+    # isprintable() is one C loop; only a name it doubts is looked at character by character.
+    if not raw.isprintable() and any(unicodedata.category(c) in ("Cc", "Cf") for c in raw):
         raise InvalidInput(field, f"file name {raw!r} contains control characters")
     if "\\" in raw:
         raise InvalidInput(field, f"file name {raw!r} contains a backslash; use '/' between folders")
@@ -56,22 +64,33 @@ def clean_name(raw: str | None, field: str = "files") -> str:
 
 
 def check_tree(files: list[UploadedFile], max_files: int) -> None:
-    """No duplicates, and no file that is also another file's folder."""
+    """No duplicates, and no file that is also another file's folder.
+
+    The names go into a tree of folders, one step per path component, so the
+    check costs time in proportion to the names' total length (comparing every
+    folder prefix of every name was quadratic in a name's depth).
+    """
     if len(files) > max_files:
         raise InvalidInput("files", f"{len(files)} files is more than the limit of {max_files}")
-    names = {f.name for f in files}
-    if len(names) != len(files):
-        seen: set[str] = set()
-        for f in files:
-            if f.name in seen:
-                raise InvalidInput("files", f"file name {f.name!r} appears twice")
-            seen.add(f.name)
-    for name in names:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            folder = "/".join(parts[:i])
-            if folder in names:
-                raise InvalidInput("files", f"{folder!r} is both a file and the folder of {name!r}")
+    root: dict[str, Any] = {}
+    for f in files:
+        node = root
+        parts = f.name.split("/")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is _FILE:
+                folder = "/".join(parts[: depth + 1])
+                raise InvalidInput("files", f"{folder!r} is both a file and the folder of {f.name!r}")
+            node = child
+        leaf = node.get(parts[-1])
+        if leaf is _FILE:
+            raise InvalidInput("files", f"file name {f.name!r} appears twice")
+        if leaf is not None:
+            raise InvalidInput("files", f"{f.name!r} is both a file and the folder of another file")
+        node[parts[-1]] = _FILE
+
+
+_FILE: Any = object()  # a leaf of check_tree's tree: a file, not a folder
 
 
 def bundle(files: list[UploadedFile]) -> bytes:

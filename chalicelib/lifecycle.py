@@ -20,10 +20,15 @@ the row.  Every later write of that run -- its result, its give-back, its
 failure -- is conditional on that token, so a run that was handed over (the
 reconciler requeued it, another dispatcher claimed it) can never write over
 its successor: the token is the fence, not the server's name.
+
+The settling transitions (``record``, ``fail``, ``cancel``) free what the
+sandbox held of its app's quotas (``chalicelib.quotas.release``) right after
+the write they won, so whichever path settles a sandbox releases it, once.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -32,9 +37,12 @@ from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
+from chalicelib import quotas
+from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, Sandbox, utcnow
 
 ERROR_MAX_CHARS = 1000
+logger = logging.getLogger("opendevelop.lifecycle")
 
 
 def lost(e: Exception) -> bool:
@@ -44,17 +52,35 @@ def lost(e: Exception) -> bool:
     return "ConditionalCheckFailed" in str(e)
 
 
-def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition) -> bool:
-    """One conditional update that does not read the item back (so a malformed row can still be settled)."""
+def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, settles: bool = False) -> bool:
+    """One conditional update that does not parse the item back (so a malformed row can still be settled).
+
+    ``settles``: the write moves the sandbox to a final state; the winner frees
+    what it held of its app's quotas (``_released``).
+    """
     try:
-        Sandbox._get_connection().update_item(
-            sandbox_id, actions=list(actions), condition=condition, return_values="NONE"
+        response = Sandbox._get_connection().update_item(
+            sandbox_id, actions=list(actions), condition=condition, return_values="ALL_NEW" if settles else "NONE"
         )
     except UpdateError as e:
         if lost(e):
             return False
         raise
+    if settles:
+        _released(sandbox_id, (response or {}).get("Attributes") or {})
     return True
+
+
+def _released(sandbox_id: str, row: dict[str, Any]) -> None:
+    """After a settling write was won (once per sandbox, by whichever path settled it): free its quotas.
+
+    The transition stands even when this fails: the counter then holds one
+    slot too many until an operator repairs it, which is logged.
+    """
+    try:
+        quotas.release(row)
+    except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
+        log(logger, "quota.release_failed", logging.ERROR, sandbox_id=sandbox_id, error=describe(e))
 
 
 # Conditions: the state a write leaves.
@@ -129,7 +155,7 @@ def record(sandbox_id: str, token: str, result: Sequence[Action]) -> bool:
     ``terminated`` before the result.
     """
     actions = [*result, Sandbox.finished_at.set(utcnow()), Sandbox.status.set("terminated")]
-    return _write(sandbox_id, actions, running_as(token))
+    return _write(sandbox_id, actions, running_as(token), settles=True)
 
 
 def give_back(sandbox_id: str, leaving: Condition, to_server: str | None = None, counted: bool = True) -> bool:
@@ -159,7 +185,7 @@ def fail(sandbox_id: str, leaving: Condition, reason: str) -> bool:
         Sandbox.error.set(reason[:ERROR_MAX_CHARS]),
         Sandbox.finished_at.set(utcnow()),
     ]
-    return _write(sandbox_id, actions, leaving)
+    return _write(sandbox_id, actions, leaving, settles=True)
 
 
 def move(sandbox_id: str, from_server: str | None, to_server: str) -> bool:
@@ -193,6 +219,7 @@ def cancel(sandbox: Sandbox) -> bool:
         if lost(e):
             return False
         raise
+    _released(sandbox.sandbox_id, sandbox.serialize())
     return True
 
 

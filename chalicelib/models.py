@@ -78,6 +78,9 @@ class App(_Base):
     # Per-app ceilings, e.g. {"memory_mb": 512}; a missing key means the global ceiling.
     limits = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
+    # Per-app quotas, e.g. {"concurrency": 10, "rate": 60, "daily_seconds": 3600}; a missing key
+    # means the settings' default, 0 no limit (see ``chalicelib.quotas``).
+    quotas = JSONAttribute(default=dict)
     created_at = UTCDateTimeAttribute(default=utcnow)
     by_owner = AppsByOwner()
 
@@ -170,10 +173,22 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
                 "network",
                 "suspect_at",
                 "limits",
+                "parked_app",
             ]
         )
 
     status = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class SandboxesParked(GlobalSecondaryIndex["Sandbox"]):
+    """An app's parked sandboxes, oldest first (sparse: only rows holding ``parked_app``; see ``quotas``)."""
+
+    class Meta:
+        index_name = "parked"
+        projection = IncludeProjection(["status", "server"])
+
+    parked_app = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
@@ -234,13 +249,53 @@ class Sandbox(_Base):
     expires_at = TTLAttribute(null=True, default_for_new=expiry)
     woken_at = UTCDateTimeAttribute(null=True)  # when the reconciler last re-sent its wake-up
     dead_letters = NumberAttribute(default=0)  # how often its wake-up reached the dead-letter queue
+    # Run seconds this sandbox reserved of its app's day (its timeout; ``chalicelib.quotas``);
+    # None on rows from before quotas, which hold and release nothing.
+    quota_seconds = NumberAttribute(null=True)
+    # The app's id while the sandbox waits parked (queued, no wake-up sent: its app had its fair
+    # share woken already); removed when it is woken (``quotas.unpark``) or settled.
+    parked_app = UnicodeAttribute(null=True)
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
+    parked = SandboxesParked()
 
 
-MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox)
+class Counter(_Base):
+    """A quota's counter, changed only by atomic conditional updates (see ``chalicelib.quotas``).
+
+    ``app#<id>`` holds ``active`` (sandboxes queued or running); ``app#<id>#m#<minute>`` the
+    creates of one minute (``n``); ``app#<id>#d#<YYYY-MM-DD>`` one UTC day's ``sandboxes``,
+    ``run_seconds`` and ``charged`` (run seconds reserved by unsettled sandboxes plus those used).
+    """
+
+    class Meta(_Base.Meta):
+        suffix = "counters"
+
+    key = UnicodeAttribute(hash_key=True)
+    active = NumberAttribute(null=True)
+    n = NumberAttribute(null=True)
+    sandboxes = NumberAttribute(null=True)
+    run_seconds = NumberAttribute(null=True)
+    charged = NumberAttribute(null=True)
+    woken = NumberAttribute(null=True)  # the app's sandboxes with a wake-up out, or running (fair share)
+    parked = NumberAttribute(null=True)  # the app's parked sandboxes (a hint: ``unpark`` reads the index)
+    cap = NumberAttribute(null=True)  # the fair share the last create saw, for the releases to use
+    expires_at = TTLAttribute(null=True)
+
+
+MODELS: tuple[type[Model], ...] = (User, App, Image, DockerServer, Sandbox, Counter)
+
+
+_bound: Settings | None = None
+
+
+def bound_settings() -> Settings:
+    """The settings the models were bound with (``configure``): what a settle needs to send a wake-up."""
+    if _bound is None:
+        raise RuntimeError("models.configure(settings) was not called")
+    return _bound
 
 
 def configure(settings: Settings) -> None:
@@ -251,8 +306,9 @@ def configure(settings: Settings) -> None:
     than once (the admin command line per command, the functional tests per test).
     The API binds them when it builds its ``Context`` (``chalicelib.context``).
     """
-    global _retention
+    global _retention, _bound
     _retention = timedelta(days=settings.retention_days)
+    _bound = settings
     for model in MODELS:
         meta: Any = model.Meta
         binding = {

@@ -42,6 +42,7 @@ OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/openapi.json", "GET"): (200, 400, 415),
     ("/api/images", "GET"): (200, 400, 401, 415, 503),
     ("/api/images/{name}", "GET"): (200, 400, 401, 404, 415, 503),
+    ("/api/usage", "GET"): (200, 400, 401, 415, 503),
     ("/api/sandboxes", "GET"): (200, 400, 401, 415, 503),
     ("/api/sandboxes", "POST"): (201, 400, 401, 413, 415, 429, 503),
     ("/api/sandboxes/{sandbox_id}", "GET"): (200, 400, 401, 404, 415, 503),
@@ -71,6 +72,7 @@ from chalicelib.openapi_schemas import (  # noqa: E402 - the schemas live beside
     _request_body,
     _sandbox_id_parameter,
     _sandbox_schema,
+    _usage_schema,
 )
 
 
@@ -98,6 +100,16 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                             ]
                         }
                     ),
+                }
+            },
+        },
+        ("/api/usage", "GET"): {
+            "operationId": "getUsage",
+            "summary": "The app's own use and quotas",
+            "responses": {
+                "200": {
+                    "description": "Now, today (UTC) and the limits (0: no limit).",
+                    "content": _json(_usage_schema()),
                 }
             },
         },

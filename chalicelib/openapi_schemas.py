@@ -19,7 +19,11 @@ _ERRORS: dict[int, tuple[type[errors.OpenDevelopError], str]] = {
     416: (errors.RangeNotSatisfiable, "The `Range` asked lies beyond the end of the stream."),
     413: (errors.PayloadTooLarge, "The request body is larger than the platform takes."),
     415: (errors.UnsupportedMediaType, "The Content-Type is not one this call takes."),
-    429: (errors.QuotaExceeded, "The app is over its quota; try again later."),
+    429: (
+        errors.QuotaExceeded,
+        "The app is over a quota (`concurrency`, `rate` or `daily_seconds`); the message names it, its limit "
+        "and when it frees, and `Retry-After` gives the seconds to wait. Nothing was stored or queued.",
+    ),
     503: (errors.Unavailable, "No server can take work, or a backend is down; try again shortly."),
 }
 
@@ -301,6 +305,14 @@ def _error_response(status: int) -> dict[str, Any]:
     }
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
+    if status == 429:
+        response["headers"] = {
+            "Retry-After": {
+                "schema": {"type": "integer", "minimum": 1},
+                "required": True,
+                "description": "Seconds until the quota frees (for `concurrency`, a guess: when a sandbox ends).",
+            }
+        }
     return response
 
 
@@ -315,4 +327,34 @@ def _sandbox_id_parameter() -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string"},
         "description": "The sandbox's id, as `POST /api/sandboxes` returned it.",
+    }
+
+
+def _usage_schema() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "type": "object",
+        "required": ["running", "queued", "today", "limits"],
+        "properties": {
+            "running": {**count, "description": "Sandboxes running now."},
+            "queued": {**count, "description": "Sandboxes waiting to run."},
+            "today": {
+                "type": "object",
+                "required": ["sandboxes", "run_seconds"],
+                "properties": {"sandboxes": count, "run_seconds": count},
+                "description": "Created today (UTC), and the seconds they ran.",
+            },
+            "limits": {
+                "type": "object",
+                "required": ["concurrency", "rate", "daily_seconds"],
+                "properties": {
+                    "concurrency": {**count, "description": "Sandboxes queued or running at once."},
+                    "rate": {**count, "description": "Sandboxes created per minute."},
+                    "daily_seconds": {
+                        **count,
+                        "description": "Run seconds per UTC day; each sandbox reserves its timeout until it ends.",
+                    },
+                },
+            },
+        },
     }

@@ -45,7 +45,7 @@ from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import aws, dead_letters, lifecycle, liveness, models
+from chalicelib import aws, dead_letters, lifecycle, liveness, models, quotas
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive, is_healthy
 from chalicelib.logs import log
@@ -93,7 +93,15 @@ def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> d
     queued = _rows("queued", report)
     for row in queued:
         _settle_queued(settings, config, row, servers, report)
-    _rewake(settings, config, [row for row in queued if row.sandbox_id not in report.moved], servers, report)
+    woken = [row for row in queued if row.sandbox_id not in report.moved and not row.parked_app]
+    _rewake(settings, config, woken, servers, report)
+    # Parked rows have no wake-up to lose: they are woken by their app's settles.  Should one of
+    # those have been lost (a process died between a settle and its unpark), this wakes them.
+    for app_id in sorted({row.parked_app for row in queued if row.parked_app and row.sandbox_id not in report.moved}):
+        try:
+            report.rewoken += quotas.unpark(app_id)
+        except PynamoDBException as e:
+            report.errors.append(f"unparking the sandboxes of {app_id}: {e}")
     summary = report.as_dict()
     if any(summary.values()):
         level = logging.WARNING if report.errors else logging.INFO
@@ -205,7 +213,7 @@ def _settle_running(
                 report.failed += 1
                 log(logger, "sandbox.error", logging.WARNING, sandbox_id=row.sandbox_id, reason=why)
             return
-        target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, list(servers.values())) or server
+        target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, able(row, servers)) or server
         if target is None:
             return  # its server is gone and no other is ready: try again on the next pass
         if lifecycle.give_back(row.sandbox_id, left, to_server=target.name):
@@ -225,6 +233,11 @@ def _settle_running(
         report.errors.append(f"settling {row.sandbox_id}: {e}")
 
 
+def able(row: Sandbox, servers: dict[str, DockerServer]) -> list[DockerServer]:
+    """The servers that may run ``row``: a sandbox with network goes only to a server that allows it."""
+    return [s for s in servers.values() if s.network or not row.network]
+
+
 def _settle_queued(
     settings: Settings, config: ReconcilerSettings, row: Sandbox, servers: dict[str, DockerServer], report: Report
 ) -> None:
@@ -237,8 +250,10 @@ def _settle_queued(
                 report.moved.add(row.sandbox_id)
                 log(logger, "sandbox.error", logging.WARNING, sandbox_id=row.sandbox_id, reason=reason)
             return
+        if row.parked_app:
+            return  # no wake-up out: it is sent to a live server when it is woken (the reconciler moves it then)
         if server is None or not is_healthy(server):
-            target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, list(servers.values()))
+            target = pick_ready(row.docker_image or "", settings.heartbeat_ttl_s, able(row, servers))
             if target is None:
                 return  # it waits queued until a server is ready
             if lifecycle.move(row.sandbox_id, row.server, target.name):

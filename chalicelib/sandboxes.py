@@ -15,7 +15,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import artifacts, aws, lifecycle, output, scheduling
+from chalicelib import artifacts, aws, lifecycle, output, quotas, scheduling
 from chalicelib.auth import new_id, parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -96,6 +96,22 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         raise Unavailable(f"reading servers: {e}") from e
     if req.network and not server.network:
         raise InvalidInput("network", f"server {server.name!r} does not allow network access")
+    share = settings.fair_share or sum(int(s.slots) for s in scheduling.servers(ctx) if s.state == "active")
+    try:
+        taken = quotas.take(app, settings, limits["timeout"], share=max(1, share))
+    except PynamoDBException as e:
+        raise Unavailable(f"counting the app's quotas: {e}") from e
+    try:
+        return _store(ctx, app, req, image, limits, server, taken)
+    except BaseException:
+        quotas.give_back(taken)
+        raise
+
+
+def _store(
+    ctx: Context, app: App, req: SandboxRequest, image: Image, limits: dict[str, float], server: Any, taken: Any
+) -> Sandbox:
+    settings = ctx.settings
     sandbox_id = new_id()
     tar = bundle(req.files)
     payload = tar + req.stdin
@@ -112,15 +128,25 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         files_bytes=len(tar),
         stdin_bytes=len(req.stdin),
         file_count=len(req.files),
+        quota_seconds=taken.seconds,
+        parked_app=None if taken.woken else app.app_id,
     )
     if fields["files_key"]:
         aws.put_object(settings, fields["files_key"], payload)
     try:
         sandbox = lifecycle.create(sandbox_id, server.name, **fields)
-        aws.send_wakeup(settings, server.queue_url, sandbox_id)
+        if taken.woken:
+            aws.send_wakeup(settings, server.queue_url, sandbox_id)
     except (PynamoDBException, Unavailable) as e:
         _undo(settings, sandbox_id, fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
+    if not taken.woken:
+        # Parked: woken by the app's next settle.  One may have come between the count and the row's
+        # write, and found nothing to wake: look once more, now that the row is there.
+        try:
+            quotas.unpark(app.app_id)
+        except PynamoDBException as e:
+            log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
     log(
         logger,
         "sandbox.created",
@@ -129,6 +155,7 @@ def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
         server=server.name,
         files=len(req.files),
         bytes=len(payload),
+        parked=not taken.woken,
     )
     return sandbox
 
@@ -206,17 +233,28 @@ def list_page(app: App, limit: int, cursor: str | None) -> tuple[list[Sandbox], 
     return items, _encode_cursor(last) if last and len(items) == limit else None
 
 
+CURSOR_KEYS = {"app_id", "created_at", "sandbox_id"}  # the by_app index's key and the table's
+
+
 def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
+    # A cursor is small; a long one, or one that does not decode to our key's shape, was not ours.
     try:
+        if len(cursor) > 2048 or not cursor.isascii():
+            raise ValueError("not a cursor")
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if key["app_id"]["S"] != app_id:
+        if not isinstance(key, dict) or set(key) != CURSOR_KEYS or key["app_id"]["S"] != app_id:
             raise ValueError("another app's cursor")
+        for value in key.values():  # {"name": {"S": "..."}} only, as DynamoDB's own keys
+            if not isinstance(value, dict) or len(value) != 1 or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError("not a key")
+            for v in value.values():
+                v.encode("utf-8")
         return dict(key)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeError is a ValueError
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
 
 

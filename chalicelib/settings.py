@@ -38,6 +38,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_ENDPOINT = "http://127.0.0.1:5000"
 
 
+# Per-app quotas: sandboxes queued or running at once, creates per minute, run seconds per UTC day.
+QUOTA_DEFAULTS = {"concurrency": 1000, "rate": 600, "daily_seconds": 24 * 3600}
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -73,6 +77,11 @@ class Settings:
     heartbeat_ttl_s: int = 30
     retention_days: int = 30  # sandbox rows expire (DynamoDB TTL ``expires_at``) this long after creation
     limits: Mapping[str, Limit] = field(default_factory=dict)
+    # Per-app quotas when the app has none of its own (``manage.py app-set-limits``); 0 is no limit.
+    quotas: Mapping[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
+    # Fair share: the most sandboxes of one app woken (in a server's queue, or running) at once;
+    # the rest wait parked and are woken as the app's own settle.  0: the active servers' slots.
+    fair_share: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, require_hmac_key: bool = True) -> Settings:
@@ -113,6 +122,11 @@ class Settings:
             heartbeat_ttl_s=_int(env, "OPENDEVELOP_HEARTBEAT_TTL", 30, 5),
             retention_days=_int(env, "OPENDEVELOP_RETENTION_DAYS", 30, 1),
             limits=_limits(env),
+            fair_share=_int(env, "OPENDEVELOP_FAIR_SHARE", 0, 0),
+            quotas={
+                name: _int(env, f"OPENDEVELOP_QUOTA_{name.upper()}", default, 0)
+                for name, default in QUOTA_DEFAULTS.items()
+            },
         )
 
     def limit(self, name: str) -> Limit:

@@ -48,6 +48,29 @@ class SandboxRequest:
     network: bool = False
 
 
+def check_text(field: str, value: str) -> str:
+    """``value``, or ``InvalidInput`` when it holds a lone surrogate (text that has no UTF-8 form)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "is not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+def load_json(field: str, text: str | bytes) -> Any:
+    """``json.loads``, with malformed or too deeply nested JSON a 400 naming ``field``.
+
+    The decoder recurses once per nesting level: ``[[[...]]]`` thousands deep
+    raises ``RecursionError``, which is the sender's fault, not ours.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(field, "JSON nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise InvalidInput(field, f"malformed JSON: {e}") from None
+
+
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
@@ -64,7 +87,7 @@ def parse_request(content_type: str | None, body: bytes, settings: Settings) -> 
     if not body.strip():
         raise InvalidInput("body", "empty; expected the sandbox's image, cmd and files")
     if kind == "multipart/form-data":
-        fields, files = _parse_multipart(content_type or "", body)
+        fields, files = _parse_multipart(content_type or "", body, settings.max_files + len(TEXT_FIELDS))
     elif kind == "application/x-www-form-urlencoded":
         fields, files = _parse_urlencoded(body), []
     else:
@@ -72,7 +95,7 @@ def parse_request(content_type: str | None, body: bytes, settings: Settings) -> 
     return _build(fields, files, settings)
 
 
-def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], list[UploadedFile]]:
+def _parse_multipart(content_type: str, body: bytes, max_parts: int) -> tuple[dict[str, Any], list[UploadedFile]]:
     _, options = multipart.parse_options_header(content_type)
     boundary = options.get("boundary")
     if not boundary:
@@ -84,7 +107,8 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], li
             io.BytesIO(body),
             boundary,
             content_length=len(body),
-            part_limit=100_000,
+            # Every part costs time to parse: no more than the files and fields a request may hold.
+            part_limit=max_parts,
             memory_limit=len(body) + 1,
             spool_limit=len(body) + 1,
             disk_limit=0,
@@ -99,10 +123,12 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], li
                 raise InvalidInput("body", "a form part has neither a field name nor a file name")
             if name in fields:
                 raise InvalidInput(name, "given more than once")
+            check_text("body", name)
             try:
                 fields[name] = part.raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidInput(name, "is not valid UTF-8") from None
+            check_text(name, fields[name])
     except multipart.MultipartError as e:
         raise InvalidInput("body", f"malformed multipart/form-data: {e}") from None
     return fields, files
@@ -118,6 +144,8 @@ def _parse_urlencoded(body: bytes) -> dict[str, Any]:
         raise InvalidInput("body", "malformed application/x-www-form-urlencoded data") from None
     fields: dict[str, Any] = {}
     for name, value in pairs:
+        check_text("body", name)
+        check_text(name, value)
         if name in fields:
             raise InvalidInput(name, "given more than once")
         fields[name] = value
@@ -126,13 +154,14 @@ def _parse_urlencoded(body: bytes) -> dict[str, Any]:
 
 def _parse_json(body: bytes) -> tuple[dict[str, Any], list[UploadedFile]]:
     try:
-        data = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("body", "is not valid UTF-8") from None
-    except ValueError as e:
-        raise InvalidInput("body", f"malformed JSON: {e}") from None
+    data = load_json("body", text)
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
+    for key in data:
+        check_text("body", key)
     raw_files = data.pop("files", [])
     if not isinstance(raw_files, list):
         raise InvalidInput("files", "must be a list of {name, content, encoding}")
@@ -155,12 +184,13 @@ def _json_file(i: int, f: Any) -> UploadedFile:
         raise InvalidInput(f"{where}.content", "must be a string")
     encoding = f.get("encoding", "utf-8")
     if encoding in ("utf-8", "utf8", "text"):
-        data = content.encode("utf-8", errors="surrogatepass")
         try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{where}.content", "is not valid UTF-8") from None
+            data = content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{where}.content", "is not valid UTF-8 text (it holds a lone surrogate)") from None
     elif encoding == "base64":
+        if not content.isascii():
+            raise InvalidInput(f"{where}.content", "is not valid base64")
         try:
             data = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError):
@@ -180,6 +210,9 @@ def _build(fields: dict[str, Any], files: list[UploadedFile], settings: Settings
     image = fields.get("image")
     if not isinstance(image, str) or not image.strip():
         raise InvalidInput("image", "is required (see GET /api/images)")
+    check_text("image", image)
+    if len(image) > 256:
+        raise InvalidInput("image", "is longer than 256 characters (see GET /api/images)")
     check_tree(files, settings.max_files)
     return SandboxRequest(
         image=image.strip(),
@@ -203,6 +236,8 @@ def parse_cmd(raw: Any, max_bytes: int) -> list[str]:
         if text.startswith("["):
             try:
                 raw = json.loads(text)
+            except RecursionError:
+                raise InvalidInput("cmd", "JSON nested too deeply") from None
             except ValueError:
                 raise InvalidInput("cmd", 'starts with "[" but is not a JSON list of strings') from None
         else:
@@ -217,13 +252,10 @@ def parse_cmd(raw: Any, max_bytes: int) -> list[str]:
             raise InvalidInput("cmd", f"item {i} is empty")
         if "\x00" in line:
             raise InvalidInput("cmd", f"item {i} contains a NUL character")
+        check_text("cmd", line)
         lines.append(line)
-    if sum(len(line.encode("utf-8", errors="surrogatepass")) for line in lines) > max_bytes:
+    if sum(len(line.encode("utf-8")) for line in lines) > max_bytes:
         raise InvalidInput("cmd", f"is longer than {max_bytes} bytes")
-    try:
-        "".join(lines).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("cmd", "is not valid UTF-8") from None
     return lines
 
 
@@ -275,7 +307,7 @@ def _parse_stdin(raw: Any, max_bytes: int) -> bytes:
         return b""
     if not isinstance(raw, str):
         raise InvalidInput("stdin", "must be a string")
-    data = raw.encode("utf-8", errors="surrogatepass")
+    data = check_text("stdin", raw).encode("utf-8")
     if len(data) > max_bytes:
         raise InvalidInput("stdin", f"is longer than {max_bytes} bytes")
     return data
@@ -287,6 +319,8 @@ def _parse_env(raw: Any) -> dict[str, str]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
+        except RecursionError:
+            raise InvalidInput("env", "JSON nested too deeply") from None
         except ValueError:
             raise InvalidInput("env", 'must be a JSON object of strings, e.g. {"NAME": "value"}') from None
     if not isinstance(raw, dict):
@@ -295,11 +329,12 @@ def _parse_env(raw: Any) -> dict[str, str]:
         raise InvalidInput("env", f"more than {MAX_ENV} variables")
     total = 0
     for name, value in raw.items():
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise InvalidInput("env", f"{name!r} is not a valid variable name")
         if not isinstance(value, str) or "\x00" in value:
             raise InvalidInput("env", f"{name}: value must be a string without NUL characters")
-        total += len(name) + len(value.encode("utf-8", errors="surrogatepass"))
+        check_text("env", value)
+        total += len(name) + len(value.encode("utf-8"))
     if total > MAX_ENV_BYTES:
         raise InvalidInput("env", f"is larger than {MAX_ENV_BYTES} bytes")
     return dict(raw)

@@ -56,6 +56,14 @@ class Shape:
     network: bool = False
 
 
+# A sandbox with network gets this Docker network, never the default bridge: inter-container traffic
+# off, and the host's rules (infra/hosts/egress.py, made by ``server-bootstrap --network``) drop its
+# traffic to the host, link-local, private ranges and the platform's endpoints.
+SANDBOX_NETWORK = "od-sandbox"
+SANDBOX_BRIDGE = "od-sandbox0"
+SANDBOX_SUBNET = "172.31.240.0/20"
+
+
 @dataclass(frozen=True)
 class Hardening:
     """What a server fixes for all its containers (``DispatcherSettings`` and the server's runtime)."""
@@ -117,7 +125,7 @@ def configure(shape: Shape, hardening: Hardening = Hardening()) -> ContainerConf
         user=hardening.user,
         hostname="sandbox",
         environment=(("HOME", WORKDIR), ("LANG", "C.UTF-8")),  # the sandbox's own come with its command
-        network_mode="bridge" if shape.network else "none",
+        network_mode=SANDBOX_NETWORK if shape.network else "none",
         read_only=True,
         tmpfs=(
             (WORKDIR, f"rw,exec,nosuid,nodev,size={shape.disk_mb}m,mode=1777"),

@@ -9,6 +9,7 @@ own, so the dispatcher can tell the engine's faults from a run's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,16 @@ class PlatformError(Exception):
     def __init__(self, message: str, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class NotStarted(PlatformError):
+    """The run's gate said no just before the program would have started (cancelled, handed over).
+
+    Nothing of the user's program ran; the container, if made, is removed.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, transient=False)
 
 
 class EngineUnavailable(PlatformError):
@@ -51,6 +62,9 @@ class RunSpec:
     # Where the output goes as it comes (files stdout, stderr, logs; see ``attach.Capture``); None: kept in memory.
     output_dir: Path | None = None
     token: str = ""  # the run's fence: the watchdog records a deadline kill with it
+    # Asked once the container exists, just before the program starts: "" to start it, or why not
+    # (the sandbox was cancelled or handed over since its claim).  ``NotStarted`` follows a no.
+    gate: Callable[[], str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def shape(self) -> Shape:
@@ -124,7 +138,10 @@ class Engine(Protocol):
         """Remove a container; never raises."""
 
     def kill(self, sandbox_id: str) -> None:
-        """Kill the sandbox's container, if it has one; its ``run`` then returns."""
+        """Kill the sandbox's container, if it has one; its ``run`` then returns.
+
+        Sticky: a ``run`` of this sandbox whose program has not started yet never starts it.
+        """
 
     def leftovers(self) -> list[Leftover]:
         """Containers of this server other than spares in use here."""

@@ -28,10 +28,10 @@ from pynamodb.expressions.update import Action
 from chalicelib import aws, lifecycle, output
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
-from chalicelib.models import Sandbox
+from chalicelib.models import App, DockerServer, Sandbox
 from chalicelib.settings import Settings
 from dispatcher import artifact_store, watchdog
-from dispatcher.engine import Engine, PlatformError, RunResult, RunSpec
+from dispatcher.engine import Engine, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
 from dispatcher.live import Live, forget
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
@@ -167,6 +167,12 @@ class Pipeline:
                 owner=sandbox.server,
             )
             return None
+        if sandbox.network:
+            refusal = self.network_refusal(sandbox)
+            if refusal:
+                if lifecycle.fail(sandbox_id, lifecycle.queued_on(self.server), refusal):
+                    log(logger, "sandbox.error", logging.WARNING, sandbox_id=sandbox_id, reason=refusal)
+                return None
         # Conditional on this server: a sandbox the reconciler moved to another server is that one's now.
         token = lifecycle.claim(sandbox, self.server, self.holder)
         if token is None:
@@ -181,6 +187,27 @@ class Pipeline:
         )
         return Claim(sandbox, token)
 
+    def network_refusal(self, sandbox: Sandbox) -> str:
+        """Why a sandbox with network may not run here now ("" when it may).
+
+        Checked at create, and again here, read afresh: an operator may have
+        taken network away from this server or from the app since (the
+        sandbox then ends ``error`` saying so, rather than run with it).
+        """
+        try:
+            server = DockerServer.get(self.server, consistent_read=True, attributes_to_get=["name", "network"])
+        except DoesNotExist:
+            return f"network access refused: server {self.server!r} is no longer registered"
+        if not server.network:
+            return f"network access refused: server {self.server!r} no longer allows network access"
+        try:
+            app = App.get(sandbox.app_id, consistent_read=True, attributes_to_get=["app_id", "network"])
+        except DoesNotExist:
+            return "network access refused: the sandbox's app no longer exists"
+        if not app.network:
+            return f"network access refused: app {sandbox.app_id!r} may no longer give its sandboxes network access"
+        return ""
+
     def run(self, sandbox: Sandbox, job: Job) -> None:
         """Run the claimed sandbox and record its result; raises what the run failed with."""
         spec = spec_of(sandbox)
@@ -192,13 +219,19 @@ class Pipeline:
         folder = self.spool.start(sandbox.sandbox_id, job.token)
         live = Live(self.settings, sandbox.sandbox_id, folder)
         live.start()
+        gate = lambda: self._gate(sandbox.sandbox_id, job)  # noqa: E731 - read just before the program starts
         try:
-            result = self.engine.run(replace(spec, output_dir=folder), payload)
-        except BaseException:
+            result = self.engine.run(replace(spec, output_dir=folder, gate=gate), payload)
+        except BaseException as e:
             live.stop()
             self.spool.discard(sandbox.sandbox_id, job.token)
             if live.chunks:
                 forget(self.settings, sandbox.sandbox_id)  # a failed try's output: a re-run starts afresh
+            if isinstance(e, NotStarted):
+                if job.cancelled:
+                    log(logger, "sandbox.cancelled_before_start", sandbox_id=sandbox.sandbox_id, server=self.server)
+                    return  # the row says cancelled; nothing of the program ran
+                raise Abort(job.aborted or str(e), started=False) from e
             raise
         live.stop()
         try:
@@ -227,6 +260,34 @@ class Pipeline:
             if result.container_id:
                 self.engine.release(result.container_id)
             watchdog.forget_started(self.spool.root, sandbox.sandbox_id)
+
+    def _gate(self, sandbox_id: str, job: Job) -> str:
+        """Just before the program starts: "" when the row still holds this run, else why not.
+
+        A cancel answered between the claim and here is seen here, so the
+        program never starts; one answered later finds a started container,
+        which the watch loop kills within ``watch_s``.  When the row cannot be
+        read, the run starts: the watch loop and the fence still hold it.
+        """
+        if job.cancelled or job.aborted:
+            return job.aborted or "cancelled"
+        if self.flags.fenced.is_set():
+            return "the lease was lost before the sandbox started"
+        try:
+            row = Sandbox.get(sandbox_id, consistent_read=True, attributes_to_get=["sandbox_id", "status", "token"])
+        except DoesNotExist:
+            job.aborted = "the sandbox's row is gone"
+            return job.aborted
+        except Exception as e:  # noqa: BLE001 - see above
+            log(logger, "gate.unread", logging.WARNING, sandbox_id=sandbox_id, error=str(e)[:300])
+            return ""
+        if row.status == "running" and row.token == job.token:
+            return ""
+        if row.status == "cancelled":
+            job.cancelled = True
+            return "cancelled before its program started"
+        job.aborted = "the run was handed over before its program started"
+        return job.aborted
 
     def _payload(self, sandbox: Sandbox) -> bytes:
         """The tar (+ stdin) the API stored: in the row when small, in S3 when not."""

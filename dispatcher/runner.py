@@ -43,7 +43,7 @@ from dispatcher.container import (
     sandbox_of,
 )
 from dispatcher.docker_errors import SIGNALLED, exit_code, translated
-from dispatcher.engine import EngineBroken, Leftover, PlatformError, RunResult, RunSpec
+from dispatcher.engine import EngineBroken, Leftover, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.health import Health
 from dispatcher.kills import Kills
 from dispatcher.pool import Pool
@@ -74,6 +74,11 @@ class Runner:
         self._images: set[str] = set()
         self._lock = threading.Lock()
         self.live: set[str] = set()  # ids of the containers made here and not removed yet
+        # Sandboxes killed (cancelled, handed over) whose run may not have started its program yet.
+        # ``kill`` adds under ``_start_lock``; a run checks under it just before the start, so a
+        # kill is either seen before the start or lands on a started container: never lost.
+        self._killed: set[str] = set()
+        self._start_lock = threading.Lock()
         self.pool = Pool(self.start_spare, self.remove, pool_size, server=server)
         self._last_shape: Shape | None = None
         self.health = Health(client)
@@ -220,6 +225,25 @@ class Runner:
             if error is e:
                 raise
             raise error from e
+        finally:
+            with self._start_lock:
+                self._killed.discard(spec.sandbox_id)
+
+    def _start(self, cid: str, spec: RunSpec, running: bool) -> None:
+        """Start the program, unless its gate or a kill says no (``NotStarted``).
+
+        A spare is already running, but its program starts only when its input
+        arrives, which is after this.  The gate (a read of the row) runs before
+        the lock; the kill check and the start run under it (see ``kill``).
+        """
+        reason = spec.gate() if spec.gate is not None else ""
+        with self._start_lock:
+            if not reason and spec.sandbox_id in self._killed:
+                reason = "killed before its program started"
+            if reason:
+                raise NotStarted(reason)
+            if not running:
+                self.api.start(cid)
 
     def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
@@ -233,8 +257,7 @@ class Runner:
         started = time.monotonic()
         try:
             raw.settimeout(spec.timeout_s + 60)  # a backstop only: the kill below ends the stream
-            if not running:
-                self.api.start(cid)
+            self._start(cid, spec, running)
             started = time.monotonic()
             killer = threading.Timer(spec.timeout_s, self.kills.on_timeout, (cid, timed_out))
             killer.daemon = True
@@ -298,7 +321,9 @@ class Runner:
         )
 
     def kill(self, sandbox_id: str) -> None:
-        self.kills.kill(run_name(sandbox_id))
+        with self._start_lock:
+            self._killed.add(sandbox_id)
+            self.kills.kill(run_name(sandbox_id))
 
     def release(self, container_id: str) -> None:
         self.remove(container_id)

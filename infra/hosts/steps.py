@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pynamodb.exceptions import DoesNotExist
 
@@ -36,6 +37,7 @@ from chalicelib import admin, scheduling
 from chalicelib.errors import InvalidInput
 from chalicelib.models import DockerServer, utcnow
 from chalicelib.settings import PROJECT_ROOT, Settings
+from infra.hosts import egress
 from infra.hosts.bundle import DEFAULT_PREFIX, ENGINE_URL, UNIT_NAME, Bundle, check_prefix, code_tar, sha256
 from infra.hosts.transport import HostError, Remote, SSHTarget, connect
 
@@ -117,6 +119,8 @@ def bootstrap(
         systemd = facts.get("systemd") == "yes"
         report.steps.append(install_code(remote, bundle, facts))
         report.steps.append(set_up_host(remote, bundle.prefix, base_image))
+        if network:
+            report.steps.append(sandbox_network(remote, settings))
         report.steps.append(install_python(remote, bundle, facts))
         report.steps.append(write_environment(remote, bundle, facts))
         report.steps.append(install_unit(remote, bundle, facts, systemd))
@@ -190,6 +194,22 @@ def set_up_host(remote: Remote, p: str, base_image: bool) -> Step:
     )
     after = remote.run("fingerprinting the host", FINGERPRINT, check=False)
     return Step("host", before != after, "Docker, gVisor and images set up" if before != after else "unchanged")
+
+
+def sandbox_network(remote: Remote, settings: Settings) -> Step:
+    """2b. ``network`` (only for a server that allows network): the sandboxes' own Docker network and the
+    host's rules that hold it in (``infra/hosts/egress.py``; idempotent: a rule present is not added again)."""
+    endpoints = sorted({urlsplit(url).hostname or "" for url in egress_urls(settings)} - {""})
+    listing = "iptables -S; iptables -S DOCKER-USER 2>/dev/null; docker network ls --format '{{.Name}}'"
+    before = remote.run("listing the host's rules", listing, check=False)
+    remote.run("the sandboxes' network and its rules", egress.script(egress.resolve(endpoints)))
+    after = remote.run("listing the host's rules", listing, check=False)
+    return Step("network", before != after, "sandbox network and rules set up" if before != after else "unchanged")
+
+
+def egress_urls(settings: Settings) -> list[str]:
+    """The platform's endpoints a sandbox must not reach (the AWS endpoints; real AWS is public)."""
+    return [url for url in (settings.endpoint(s) for s in ("dynamodb", "sqs", "s3")) if url]
 
 
 def install_python(remote: Remote, bundle: Bundle, facts: dict[str, str]) -> Step:

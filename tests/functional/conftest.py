@@ -42,6 +42,9 @@ from chalicelib import admin, aws, context  # noqa: E402
 from chalicelib.auth import hash_password  # noqa: E402
 from chalicelib.models import DockerServer, Sandbox, User, utcnow  # noqa: E402
 from chalicelib.settings import Settings  # noqa: E402
+from infra.local.moto_atomic import serialize_writes  # noqa: E402
+
+serialize_writes()  # conditional writes atomic per item, as DynamoDB's are (moto's are not, across threads)
 
 HMAC_KEY = "functional-tests-hmac-key-0123456789abcdef"
 # Unique to this run, so nothing here can touch a real stage's tables.  Every test

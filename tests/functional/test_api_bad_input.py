@@ -115,6 +115,30 @@ CASES = [
     ("network-not-allowed-for-the-app", as_json(network=True), 400, "network"),
     ("env-not-an-object", as_json(env=["A=1"]), 400, "env"),
     ("env-bad-name", as_json(env={"1A": "x"}), 400, "env"),
+    ("env-name-with-a-newline", as_json(env={"A\n": "x"}), 400, "env"),
+    # Shapes that once answered 500 (issue #13)
+    ("json-nested-3000-deep", raw(b"[" * 3000 + b"]" * 3000, "application/json"), 400, "body"),
+    ("json-object-nested-deep", raw(b'{"a":' * 3000 + b"1" + b"}" * 3000, "application/json"), 400, "body"),
+    ("cmd-nested-3000-deep", form(("cmd", "[" * 3000 + "]" * 3000)), 400, "cmd"),
+    ("json-cmd-nested-deep-string", as_json(cmd="[" * 3000 + "]" * 3000), 400, "cmd"),
+    ("env-nested-3000-deep", form(("env", "[" * 3000 + "]" * 3000)), 400, "env"),
+    ("json-env-nested-deep-string", as_json(env='{"A":' * 3000 + "1" + "}" * 3000), 400, "env"),
+    ("json-file-name-lone-surrogate", json_file(name="\ud800"), 400, "files[0].name"),
+    ("json-file-name-surrogate-inside", json_file(name="lib/a\udfff.py"), 400, "files[0].name"),
+    ("json-env-value-lone-surrogate", as_json(env={"A": "\ud800"}), 400, "env"),
+    ("form-env-value-lone-surrogate", form(("env", '{"A": "\\ud800"}')), 400, "env"),
+    ("json-cmd-lone-surrogate", as_json(cmd=["echo \ud800"]), 400, "cmd"),
+    ("form-cmd-escaped-lone-surrogate", form(("cmd", '["echo \\udc00"]')), 400, "cmd"),
+    ("json-stdin-lone-surrogate", as_json(stdin="\ud800"), 400, "stdin"),
+    ("json-image-lone-surrogate", as_json(image="\ud800"), 400, "image"),
+    ("json-unknown-key-lone-surrogate", as_json(**{"\ud800": 1}), 400, "body"),
+    ("json-file-base64-not-ascii", json_file(content="é", encoding="base64"), 400, "files[0].content"),
+    (
+        "too-many-multipart-parts",
+        raw(b"--XX\r\n\r\n\r\n" * 5000 + b"--XX--\r\n", "multipart/form-data; boundary=XX"),
+        400,
+        "body",
+    ),
 ]
 
 

@@ -191,6 +191,8 @@ def test_multipart_file_names_may_hold_sub_folders(world):
 
 
 def test_each_sandbox_goes_onto_the_queue_once(world):
+    world.monkeypatch.setenv("OPENDEVELOP_FAIR_SHARE", "3")  # the server's 2 slots would park the third
+    world.reload_settings()
     ids = [world.post_json({"image": "base", "cmd": ["true"]}).json_body["id"] for _ in range(3)]
 
     assert sorted(m["sandbox_id"] for m in world.queued_messages()) == sorted(ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 
@@ -114,12 +115,25 @@ def test_another_apps_cursor_is_refused(world):
     assert response.json_body["Message"].startswith("cursor:")
 
 
+WRONG_SHAPE = b'{"app_id": 1}'
+LONE_SURROGATE = b'{"app_id": {"S": "\\ud800"}, "created_at": {"S": "x"}, "sandbox_id": {"S": "x"}}'
+
+
+def _cursor(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def test_bad_page_parameters_are_a_400_naming_them(world):
     for query, field in [
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("limit=ten", "limit"),
         ("cursor=not-a-cursor", "cursor"),
+        # Once 500s (issue #13): JSON nested deep, the wrong shape, text with no UTF-8 form, too long
+        ("cursor=" + _cursor(b"[" * 3000 + b"]" * 3000), "cursor"),
+        ("cursor=" + _cursor(WRONG_SHAPE), "cursor"),
+        ("cursor=" + _cursor(LONE_SURROGATE), "cursor"),
+        ("cursor=" + "A" * 5000, "cursor"),
     ]:
         response = world.get(f"/api/sandboxes?{query}")
         assert response.status_code == 400, query

@@ -20,7 +20,7 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib import aws
 from chalicelib.models import DockerServer, Sandbox
-from dispatcher.engine import EngineUnavailable, Leftover, PlatformError, RunResult, RunSpec
+from dispatcher.engine import EngineUnavailable, Leftover, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
 
@@ -335,6 +335,72 @@ def test_a_cancel_kills_the_container_and_the_row_stays_cancelled(world):
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.return_code, row.logs) == ("cancelled", None, None)
     assert waiting(dispatcher) == 0
+
+
+def gated(claimed: threading.Event, go_on: threading.Event, programs: list[str]):
+    """An engine run as the runner makes one: the container is made, then the gate is asked before the start."""
+
+    def behaviour(spec: RunSpec) -> RunResult:
+        claimed.set()  # the row says running; the container is being made
+        assert go_on.wait(10)
+        reason = spec.gate() if spec.gate else ""
+        if reason:
+            raise NotStarted(reason)
+        programs.append(spec.sandbox_id)  # the program starts
+        return ok("ran")
+
+    return behaviour
+
+
+def test_a_cancel_between_the_claim_and_the_start_means_the_program_never_starts(world):
+    claimed, go_on, programs = threading.Event(), threading.Event(), []
+    engine = FakeEngine(gated(claimed, go_on, programs))
+    dispatcher = make(world, engine)
+    sandbox_id = submit(world)
+    handler = threading.Thread(target=dispatcher.handle, args=(receive(dispatcher),))
+    handler.start()
+    assert claimed.wait(10)
+
+    cancel = world.client.http.delete(f"/api/sandboxes/{sandbox_id}", headers=world.auth)
+    go_on.set()  # the cancel was answered before the watch loop ever looked
+    handler.join(10)
+
+    assert cancel.status_code == 200
+    assert programs == []
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.return_code) == ("cancelled", None)
+    assert waiting(dispatcher) == 0  # its message is settled, not left to come back
+    assert dispatcher.hands.ids() == []
+
+
+def test_a_run_whose_row_still_holds_its_token_passes_the_gate(world):
+    claimed, go_on, programs = threading.Event(), threading.Event(), []
+    go_on.set()
+    dispatcher = make(world, FakeEngine(gated(claimed, go_on, programs)))
+    sandbox_id = submit(world)
+
+    dispatcher.handle(receive(dispatcher))
+
+    assert programs == [sandbox_id]
+    assert Sandbox.get(sandbox_id).status == "terminated"
+
+
+def test_a_run_handed_over_before_its_start_never_starts_and_writes_nothing(world):
+    claimed, go_on, programs = threading.Event(), threading.Event(), []
+    dispatcher = make(world, FakeEngine(gated(claimed, go_on, programs)))
+    sandbox_id = submit(world)
+    handler = threading.Thread(target=dispatcher.handle, args=(receive(dispatcher),))
+    handler.start()
+    assert claimed.wait(10)
+
+    # The reconciler gave it back meanwhile, and another claim took it (a new token).
+    Sandbox(sandbox_id).update(actions=[Sandbox.token.set("another-claim")])
+    go_on.set()
+    handler.join(10)
+
+    assert programs == []
+    row = Sandbox.get(sandbox_id)
+    assert (row.status, row.token, row.return_code) == ("running", "another-claim", None)  # the successor's
 
 
 def test_a_dispatcher_cut_off_from_the_database_kills_its_containers_before_its_lease_runs_out(world):

@@ -243,6 +243,25 @@ def test_app_set_limits_lowers_an_apps_ceilings(cli, populated):
     assert App.get(populated["one"]).limits == {"timeout": 5.0, "memory_mb": 512}
 
 
+def test_app_set_limits_sets_quotas_and_app_usage_shows_them(cli, populated, settings):
+    run = cli(f"app-set-limits --app_id={populated['one']} --concurrency 3 --rate=20 --daily_seconds 600")
+
+    assert run.code == 0, run.err
+    assert App.get(populated["one"]).quotas == {"concurrency": 3, "rate": 20, "daily_seconds": 600}
+    assert cli(f"app-set-limits --app_id={populated['one']} --daily-seconds 0").code == 0  # 0: no limit
+    usage = cli(f"app-usage --app_id={populated['one']} --json").json()
+    assert usage == {
+        "running": 0,
+        "queued": 0,
+        "today": {"sandboxes": 0, "run_seconds": 0},
+        "limits": {"concurrency": 3, "rate": 20, "daily_seconds": 0},
+    }
+    text = cli(f"app-usage --app_id={populated['one']}").out
+    assert "running: 0  queued: 0" in text and "concurrency 3, rate 20/min, daily_seconds 0" in text
+    refused = cli(f"app-set-limits --app_id={populated['one']} --concurrency=-1")
+    assert refused.code != 0 and "concurrency" in refused.err
+
+
 def test_server_delete_is_refused_while_work_runs_there(cli, populated, settings):
     Sandbox(
         "0123456789abcdef", app_id=populated["one"], image="base", docker_image="opendevelop/base", cmd=["true"]

@@ -345,6 +345,8 @@ def test_liveness_never_compares_the_dispatchers_clock_with_the_reconcilers(worl
 
 
 def test_a_backlog_costs_no_wake_ups_while_its_queue_holds_a_message_for_every_row(world):
+    world.monkeypatch.setenv("OPENDEVELOP_FAIR_SHARE", "5")  # every row woken: none parked beyond the 2 slots
+    world.reload_settings()
     ids = [create(world) for _ in range(5)]
     for sandbox_id in ids:
         Sandbox(sandbox_id).update(actions=[Sandbox.created_at.set(utcnow() - timedelta(seconds=61))])

@@ -211,6 +211,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
         "/api/openapi.json",
         "/api/images",
         "/api/images/{name}",
+        "/api/usage",
         "/api/sandboxes",
         "/api/sandboxes/{sandbox_id}",
         "/api/sandboxes/{sandbox_id}/logs",

@@ -56,8 +56,10 @@ def host_processes(pattern: str) -> list[str]:
 @pytest.mark.parametrize(
     "bomb",
     [
-        # dash's children die when a fork fails, so this bomb collapses once it hits the limit
-        "bomb(){ bomb|bomb& }; bomb; wait",
+        # dash's children die when a fork fails, so this bomb collapses once it hits the limit.  The
+        # sleep keeps the sandbox's first shell alive while the bomb grows: without it, on a loaded
+        # machine the first shell could finish (ending the container) before any fork had failed.
+        "bomb(){ bomb|bomb& }; bomb; sleep 1; wait",
         # this one keeps trying until the timeout kills it
         "python3 -c 'import os\nwhile True:\n    try: os.fork()\n    except OSError: pass'",
     ],

@@ -37,7 +37,7 @@ def test_gvisor_gets_nproc_and_a_pids_backstop():
 
 
 def test_network_is_opt_in():
-    assert configure(dataclasses.replace(SHAPE, network=True)).network_mode == "bridge"
+    assert configure(dataclasses.replace(SHAPE, network=True)).network_mode == "od-sandbox"  # never the default bridge
 
 
 def test_the_docker_run_flags_carry_every_field():

@@ -188,3 +188,25 @@ def test_show_and_cancel(fake, od, capsysbinary):
     status, _, err = od("cancel", "a326efb1fe1f980a", capsys=capsysbinary)
     assert status == 1
     assert err == "opendevelop: sandbox a326efb1fe1f980a has already finished (terminated); nothing to cancel\n"
+
+
+def test_usage_shows_now_today_and_the_limits(fake, od, capsysbinary):
+    fake.then(
+        200,
+        {
+            "running": 1,
+            "queued": 2,
+            "today": {"sandboxes": 9, "run_seconds": 40},
+            "limits": {"concurrency": 10, "rate": 60, "daily_seconds": 0},
+        },
+    )
+
+    status, out, err = od("usage", capsys=capsysbinary)
+
+    assert status == 0, err
+    assert out.decode().splitlines() == [
+        "running       1",
+        "queued        2  (at once: 10)",
+        "today         9 sandboxes  (per minute: 60)",
+        "run seconds   40  (per day: no limit)",
+    ]

@@ -259,6 +259,33 @@ def test_retries_end_in_the_apis_error(fake):
     assert len(fake.requests) == 3
 
 
+def test_over_quota_is_a_quota_exceeded_naming_the_quota_with_retry_after(fake):
+    client = Client(fake.url, APP_ID, SECRET, retries=0)
+    message = "rate: this app's limit is 4 sandboxes created per minute; it frees in 17 s"
+    fake.then(429, {"Code": "TooManyRequests", "Message": message}, headers={"Retry-After": "17"})
+
+    with pytest.raises(opendevelop.QuotaExceeded) as caught:
+        client.create("true")
+
+    assert (caught.value.status, caught.value.code) == (429, "TooManyRequests")
+    assert caught.value.quota == "rate"
+    assert caught.value.retry_after == 17.0
+    assert opendevelop.TooManyRequestsError is opendevelop.QuotaExceeded  # the earlier name still catches it
+
+
+def test_usage_is_the_apps_own_use_and_quotas(client, fake):
+    usage = {
+        "running": 1,
+        "queued": 2,
+        "today": {"sandboxes": 9, "run_seconds": 40},
+        "limits": {"concurrency": 10, "rate": 60, "daily_seconds": 0},
+    }
+    fake.then(200, usage)
+
+    assert client.usage() == usage
+    assert fake.requests[0].path == "/api/usage"
+
+
 def test_an_unreachable_server_is_an_unreachable_error_after_retries(monkeypatch):
     fake = FakeAPI()
     url = fake.url

@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(options, "secret", None),
             timeout=getattr(options, "http_timeout", 30.0),
         )
-        handler = {"run": _run, "images": _images, "ls": _ls, "show": _show, "cancel": _cancel}[options.command]
+        handler = {"run": _run, "images": _images, "ls": _ls, "show": _show, "cancel": _cancel, "usage": _usage}[
+            options.command
+        ]
         return int(handler(client, options, command))
     except UsageError as e:
         parser.error(str(e))
@@ -149,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     images = commands.add_parser("images", parents=[connection], help="the images a sandbox may use")
     images.add_argument("-l", "--long", action="store_true", help="with language, version, extensions, run template")
     images.add_argument("--json", action="store_true", help="one JSON object per image")
+    usage = commands.add_parser("usage", parents=[connection], help="the app's sandboxes now, today's use, its quotas")
+    usage.add_argument("--json", action="store_true", help="the API's answer as JSON")
     ls = commands.add_parser("ls", parents=[connection], help="the app's sandboxes, newest first")
     ls.add_argument("-n", "--limit", type=int, default=50, help="show at most N (0: all; default 50)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -325,6 +329,23 @@ def _images(client: Client, options: argparse.Namespace, command: list[str]) -> 
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _usage(client: Client, options: argparse.Namespace, command: list[str]) -> int:
+    usage = client.usage()
+    if options.json:
+        print(json.dumps(usage))
+        return 0
+    limits = usage["limits"]
+
+    def limit(name: str, unit: str = "") -> str:
+        return f"{limits[name]}{unit}" if limits[name] else "no limit"
+
+    print(f"running       {usage['running']}")
+    print(f"queued        {usage['queued']}  (at once: {limit('concurrency')})")
+    print(f"today         {usage['today']['sandboxes']} sandboxes  (per minute: {limit('rate')})")
+    print(f"run seconds   {usage['today']['run_seconds']}  (per day: {limit('daily_seconds', ' s')})")
     return 0
 
 

@@ -109,6 +109,12 @@ class Client:
         """One image described; ``NotFoundError`` when there is no such (enabled) image."""
         return Image.from_json(self._json("GET", f"/api/images/{quote(name, safe='')}"))
 
+    def usage(self) -> dict[str, Any]:
+        """The app's own use and quotas: ``running``, ``queued``, ``today`` (``sandboxes``,
+        ``run_seconds``) and ``limits`` (``concurrency``, ``rate``, ``daily_seconds``; 0 is no limit)."""
+        usage: dict[str, Any] = self._json("GET", "/api/usage")
+        return usage
+
     def sandboxes(self, page_size: int = 100) -> Iterator[Sandbox]:
         """Every sandbox of the app, newest first, fetched a page at a time as the iteration goes."""
         cursor: str | None = None

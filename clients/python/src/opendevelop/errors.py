@@ -73,11 +73,32 @@ class UnsupportedMediaTypeError(OpenDevelopError):
     code = "UnsupportedMediaType"
 
 
-class TooManyRequestsError(OpenDevelopError):
-    """429: over quota (raised once the client's retries are spent)."""
+class QuotaExceeded(OpenDevelopError):
+    """429: the app is over a quota (raised once the client's retries are spent).
+
+    The message names the quota (``concurrency``, ``rate``, ``daily_seconds``),
+    its limit and when it frees; ``retry_after`` is the API's ``Retry-After``
+    in seconds (None when it sent none).
+    """
 
     status = 429
-    code = "TooManyRequestsError"
+    code = "TooManyRequests"
+
+    @property
+    def quota(self) -> str | None:
+        name, sep, _ = self.message.partition(": ")
+        return name if sep and " " not in name else None
+
+    @property
+    def retry_after(self) -> float | None:
+        raw = getattr(self.response, "headers", {}).get("Retry-After") if self.response is not None else None
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+
+TooManyRequestsError = QuotaExceeded  # its earlier name
 
 
 class ServiceUnavailableError(OpenDevelopError):
@@ -128,7 +149,7 @@ BY_STATUS: dict[int, type[OpenDevelopError]] = {
         ConflictError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,
-        TooManyRequestsError,
+        QuotaExceeded,
         ServiceUnavailableError,
     )
 }
