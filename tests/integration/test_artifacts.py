@@ -38,24 +38,25 @@ def test_nested_files_come_back_and_a_symlink_to_etc_passwd_is_not_followed(clie
     program = (
         "mkdir -p out/a/b && printf deep > out/a/b/c.txt && echo top > out/top.txt"
         " && ln -s /etc/passwd out/passwd && ln -s /etc out/etc && mkfifo out/fifo"
-        " && ln out/top.txt out/hardlink"
+        " && ln out/top.txt out/hardlink && echo sp > 'out/a/my file.txt'"
     )
     sandbox = done(client, [program])
 
     # A file of two names (a hard link) comes back once, under the name tar met first.
     listed = {a["name"]: a["size"] for a in sandbox["artifacts"]}
     top = "top.txt" if "top.txt" in listed else "hardlink"
-    assert listed == {"a/b/c.txt": 4, top: 4}
-    assert (sandbox["artifacts_count"], sandbox["artifacts_truncated"]) == (2, False)
+    assert listed == {"a/b/c.txt": 4, "a/my file.txt": 3, top: 4}
+    assert (sandbox["artifacts_count"], sandbox["artifacts_truncated"]) == (3, False)
     assert sandbox["artifacts_skipped"] == 4  # the two symlinks, the fifo, the second name of the hard link
     one = fetch(client, sandbox["id"], "/a/b/c.txt")
     assert (one.status_code, one.content, one.headers["Content-Type"]) == (200, b"deep", "application/octet-stream")
+    assert fetch(client, sandbox["id"], "/a/my%20file.txt").content == b"sp\n"  # names are percent-encoded
     for name in ("passwd", "etc/passwd", "fifo"):
         assert fetch(client, sandbox["id"], f"/{name}").status_code == 404, name
 
     whole = fetch(client, sandbox["id"])
     assert whole.status_code == 200
-    assert members(whole.content) == {"a/b/c.txt": b"deep", top: b"top\n"}
+    assert members(whole.content) == {"a/b/c.txt": b"deep", "a/my file.txt": b"sp\n", top: b"top\n"}
     assert b"root:x:0:0" not in whole.content
 
 
