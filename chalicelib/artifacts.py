@@ -32,7 +32,7 @@ from chalicelib.output import Download, answer_bytes, exists, get_range, presign
 from chalicelib.settings import Settings
 
 MAX_FILES = 10_000  # files kept per run; beyond them the rest is dropped (``artifacts_truncated``)
-MAX_DEPTH = 16  # folders deep under out/: ``GET .../artifacts/{a}/{b}/...`` has a route per depth
+MAX_DEPTH = 8  # parts of a name under out/ (a/b/.../h.txt): ``GET .../artifacts/{a}/{b}/...`` has a route per depth
 DIRECT_BYTES = 1024 * 1024  # a file up to this size is answered by the API; a larger one is a redirect
 LISTED = 100  # entries the row (and so the sandbox's JSON) lists
 LISTED_NAME_BYTES = 16 * 1024  # and at most this much of their names (the row must stay small)

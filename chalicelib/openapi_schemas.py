@@ -246,7 +246,8 @@ def _sandbox_schema(settings: Settings) -> dict[str, Any]:
             "type": "integer",
             "minimum": 0,
             "description": "Entries of `out/` not kept because they are not regular files (symlinks, hard "
-            "links, devices, fifos) or their names are not allowed (as for uploads, at most 16 folders deep).",
+            "links, devices, fifos) or their names are not allowed (as for uploads; at most 8 parts, like "
+            "`a/b/c/d/e/f/g/h.txt`).",
         },
         "error": _nullable({"type": "string", "description": "Why the platform failed (status `error`)."}),
         "files": {"type": "integer", "minimum": 0, "description": "How many files were uploaded."},

@@ -43,7 +43,8 @@ def hostile_tar(fmt: int = tarfile.GNU_FORMAT) -> bytes:
         entry(tar, "out/../escape", b"no")
         entry(tar, "/etc/cron.d/x", b"no")
         entry(tar, "elsewhere.txt", b"no")
-        entry(tar, "out/" + "d/" * 16 + "deep", b"too deep")
+        entry(tar, "out/" + "d/" * 8 + "deep", b"too deep")  # 9 parts
+        entry(tar, "out/" + "d/" * 7 + "deepest", b"8")  # 8 parts: the deepest kept
         entry(tar, "out/" + "long-" * 40 + ".txt", b"a long name")
         entry(tar, "out/empty")
     return buf.getvalue()
@@ -76,10 +77,11 @@ def test_only_regular_files_with_safe_names_are_kept(tmp_path, fmt):
         "run.sh": b"#!/bin/sh\n",
         "long-" * 40 + ".txt": b"a long name",
         "empty": b"",
+        "d/" * 7 + "deepest": b"8",
     }
     # symlink, hard link, fifo, device, "..", absolute, outside out/, too deep: skipped, never followed
     assert collector.skipped == 8
-    assert (collector.count, collector.bytes, collector.truncated) == (4, 28, False)
+    assert (collector.count, collector.bytes, collector.truncated) == (5, 29, False)
     with tarfile.open(tmp_path / TAR_FILE) as tar:
         modes = {m.name: m.mode for m in tar.getmembers()}
         assert all(m.isreg() for m in tar.getmembers())
@@ -151,7 +153,7 @@ def test_the_splitter_finds_the_marker_across_pieces_and_passes_the_rest_on(tmp_
 
     assert program == b"output\n" + fake + b"more"
     assert splitter.status == 3
-    assert collector.count == 4 and not collector.truncated
+    assert collector.count == 5 and not collector.truncated
 
 
 def test_without_a_marker_everything_is_output_and_nothing_is_collected(tmp_path):
