@@ -117,6 +117,9 @@ class Collector:
             self._break()
             return
         size = info.size
+        if size < 0:  # base-256 can say it; tar never would
+            self._break()
+            return
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
             if size > MAX_META:
                 self._break()

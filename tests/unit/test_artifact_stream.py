@@ -140,6 +140,19 @@ def test_garbage_ends_the_collection(tmp_path):
     assert (collector.broken, collector.truncated) == (True, True)
 
 
+def test_a_negative_size_ends_the_collection(tmp_path):
+    info = tarfile.TarInfo("out/neg")
+    info.size = 1
+    block = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    block[124:136] = b"\xff" * 12  # size -1 in base-256
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)  # the checksum again
+    collector = collect(bytes(block) + b"x" * 1024, tmp_path)
+
+    assert tarfile.TarInfo.frombuf(bytes(block), "utf-8", "strict").size == -1  # a header tarfile reads
+    assert (collector.broken, collector.count) == (True, 0)
+
+
 def test_the_splitter_finds_the_marker_across_pieces_and_passes_the_rest_on(tmp_path):
     collector = Collector(tmp_path, 1 << 20)
     splitter = Splitter(NONCE, collector)
