@@ -40,9 +40,11 @@ package: venv
 	@$(PY) -c 'import os, sys; n = os.path.getsize(sys.argv[1]); print(f"deployment.zip: {n} bytes ({n / 1e6:.1f} MB)")' \
 		$(PACKAGE_DIR)/deployment.zip
 
-# Benchmarks against the raw engine (not timed tests): prints a table, writes bench/results/*.json.
+# Benchmarks (not timed tests): the platform beside the raw engine, then fair share (each on a stack of
+# its own); prints their figures, writes bench/results/*.json.  Each script takes --quick for a smaller run.
 bench: venv host
 	$(PY) bench/run.py
+	$(PY) bench/fair_share.py
 
 venv: $(STAMP)
 

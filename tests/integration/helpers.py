@@ -30,6 +30,7 @@ __all__ = [
     "children",
     "cmdline",
     "descendants",
+    "dockerd_pid",
     "multipart",
     "remove_containers",
     "run_containers",
@@ -50,7 +51,8 @@ class Client:
 
     def post(self, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("auth", self.auth)
-        return requests.post(f"{self.url}/api/sandboxes", timeout=30, **kwargs)
+        timeout = kwargs.pop("timeout", 30)
+        return requests.post(f"{self.url}/api/sandboxes", timeout=timeout, **kwargs)
 
     def submit(
         self,
@@ -212,6 +214,18 @@ def cmdline(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def dockerd_pid() -> int | None:
+    """The Docker engine's process on this machine, if one runs."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "dockerd":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 def _process_tree() -> dict[int, list[int]]:
