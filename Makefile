@@ -40,11 +40,13 @@ package: venv
 	@$(PY) -c 'import os, sys; n = os.path.getsize(sys.argv[1]); print(f"deployment.zip: {n} bytes ({n / 1e6:.1f} MB)")' \
 		$(PACKAGE_DIR)/deployment.zip
 
-# Benchmarks (not timed tests): the platform beside the raw engine, then fair share (each on a stack of
-# its own); prints their figures, writes bench/results/*.json.  Each script takes --quick for a smaller run.
+# Benchmarks (not timed tests): the platform beside the raw engine, then fair share, then batches and
+# webhooks (each on a stack of its own); prints their figures, writes bench/results/*.json.  Each script
+# takes --quick for a smaller run.
 bench: venv host
 	$(PY) bench/run.py
 	$(PY) bench/fair_share.py
+	$(PY) bench/batches.py
 
 venv: $(STAMP)
 

@@ -10,15 +10,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Rate, Response
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import artifacts, images, models, openapi, params, quotas, reconciler, sandboxes
+from chalicelib import (
+    artifacts,
+    batches,
+    images,
+    models,
+    openapi,
+    params,
+    quotas,
+    reconciler,
+    sandboxes,
+    scale_in,
+    webhooks,
+)
 from chalicelib.context import get_context
-from chalicelib.errors import OpenDevelopError, QuotaExceeded, Unavailable
+from chalicelib.errors import InvalidInput, OpenDevelopError, QuotaExceeded, Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.validation import parse_request
 
@@ -44,6 +57,25 @@ def api_view(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        answer = _answer(*args, **kwargs)
+        request = app.current_request
+        if request is not None:
+            status = answer.status_code if isinstance(answer, Response) else 200
+            # One line per request: the route (Chalice's path is the route), the ids in it (the keys
+            # logged everywhere: ``sandbox_id``), its status and its latency.
+            log(
+                logger,
+                "api.request",
+                method=request.method,
+                path=request.path,
+                **(request.uri_params or {}),
+                status=status,
+                latency_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return answer
+
+    def _answer(*args: Any, **kwargs: Any) -> Any:
         request = app.current_request
         where = {"method": request.method, "path": request.path} if request is not None else {}
         try:
@@ -116,6 +148,10 @@ def usage() -> Any:
 def list_sandboxes() -> Any:
     owner = current_app()
     given = query()
+    if given["ids"] is not None:
+        return {"sandboxes": batches.show_many(get_context(), owner, given["ids"], given["wait"]), "next": None}
+    if given["wait"]:
+        raise InvalidInput("wait", "is taken with ids= (a page is never held)")
     items, cursor = sandboxes.list_page(owner, given["limit"], given["cursor"])
     return {"sandboxes": sandboxes.show_many(get_context().settings, items), "next": cursor}
 
@@ -216,6 +252,23 @@ def create_sandbox() -> Any:
     return Response(body=json.dumps(sandboxes.to_json(sandbox)), status_code=201, headers=headers)  # no output yet
 
 
+@app.route("/api/sandboxes/batch", methods=["POST"], content_types=["*/*"])
+@api_view
+def create_sandboxes() -> Any:
+    """Up to 100 creates in one request: 201, or 207 when some items failed (each answered in its place)."""
+    request = app.current_request
+    assert request is not None
+    owner = current_app()
+    ctx = get_context()
+    items = batches.parse(request.headers.get("content-type"), request.raw_body or b"", ctx.settings.max_upload_bytes)
+    answers, some_failed = batches.create(ctx, owner, items)
+    return Response(
+        body=json.dumps({"sandboxes": answers}),
+        status_code=207 if some_failed else 201,
+        headers={"Content-Type": "application/json"},
+    )
+
+
 def _wants_plain_text(accept: str | None) -> bool:
     """The original API answered a bare id; a client that asks for text/plain still gets it."""
     if not accept:
@@ -228,3 +281,38 @@ def _wants_plain_text(accept: str | None) -> bool:
 def reconcile(event: Any) -> dict[str, Any]:
     """Every accepted sandbox reaches a final state: see ``chalicelib.reconciler``."""
     return reconciler.reconcile(get_context().settings)
+
+
+# The webhooks queue's name in the deployed stage (the AWS template's WebhooksQueue, TablePrefix
+# opendevelop-prod): Chalice needs it as a literal here.  Locally infra/local/webhooks.py polls the
+# stack's own queue and calls this same function.
+WEBHOOK_QUEUE = "opendevelop-prod-webhooks"
+
+
+@app.on_sqs_message(queue=WEBHOOK_QUEUE, batch_size=1)
+def deliver_webhook(event: Any) -> None:
+    """One delivery attempt per message (``chalicelib.webhooks.handle``): a slow receiver holds no dispatcher."""
+    settings = get_context().settings
+    for record in event:
+        outcome = webhooks.handle(settings, json.loads(record.body))
+        log(logger, "webhook.handled", outcome=outcome)
+
+
+@app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": [scale_in.EVENT_TYPE]})
+def host_terminating(event: Any) -> dict[str, Any] | None:
+    """The Docker hosts' group is terminating an instance: retire its server (``chalicelib.scale_in``)."""
+    settings = get_context().settings
+    hooks = scale_in.AwsAutoscaling(settings)
+    scale_in.begin(settings, event.detail, hooks)
+    # Then on within this invocation while its time lasts; the schedule below carries on after.
+    return {"steps": scale_in.advance(settings, hooks, budget_s=SCALE_IN_BUDGET_S)}
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def scale_in_steps(event: Any) -> dict[str, Any]:
+    """Each retiring server one step further, every minute, until it is gone and its instance released."""
+    settings = get_context().settings
+    return {"steps": scale_in.advance(settings, scale_in.AwsAutoscaling(settings), budget_s=SCALE_IN_BUDGET_S)}
+
+
+SCALE_IN_BUDGET_S = 20.0  # of the functions' 30 s (.chalice/config.json's lambda_timeout)

@@ -39,12 +39,7 @@ from chalicelib.models import App, DockerServer, Image, User  # noqa: E402
 from chalicelib.quotas import QUOTAS  # noqa: E402
 from chalicelib.settings import Settings, SettingsError  # noqa: E402
 from chalicelib.validation import LIMIT_FIELDS  # noqa: E402
-
-QUOTA_HELP = {
-    "concurrency": "sandboxes queued or running at once (0: no limit)",
-    "rate": "sandboxes created per minute (0: no limit)",
-    "daily_seconds": "run seconds per UTC day; each sandbox reserves its timeout until it ends (0: no limit)",
-}
+from infra.manage_args import add_arguments  # noqa: E402
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Settings], Any], str]] = {}
 
@@ -112,6 +107,14 @@ def server_delete(args: argparse.Namespace, settings: Settings) -> None:
     out(args, {"deleted": args.name}, f"server {args.name} deleted")
 
 
+@command("status", "the operator's view: servers, their queues and load; queued, running and stuck work per app")
+def status(args: argparse.Namespace, settings: Settings) -> None:
+    from chalicelib import status as view
+
+    data = view.gather(settings)
+    out(args, data, view.as_text(data))
+
+
 @command("server-bootstrap", "set up a Debian host over SSH as a Docker server and register it (idempotent)")
 def server_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     from infra import hosts
@@ -141,6 +144,16 @@ def server_shutdown(args: argparse.Namespace, settings: Settings) -> None:
     target = hosts.SSHTarget.parse(args.ssh)
     done = hosts.shutdown(args.name, target, args.identity, args.known_hosts, args.prefix)
     out(args, {"server": args.name, "target": str(target), "result": done}, f"server {args.name} on {target}: {done}")
+
+
+@command("release-bundle", "write the release bundle Auto Scaling hosts install at boot (upload it to S3)")
+def release_bundle(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.hosts import bundle
+
+    data = bundle.release_tar(Path(args.source))
+    Path(args.out).write_bytes(data)
+    sha = bundle.sha256(data)
+    out(args, {"out": args.out, "bytes": len(data), "sha256": sha}, f"{args.out}: {len(data)} bytes, sha256 {sha}")
 
 
 @command("user-create", "create a user")
@@ -176,12 +189,14 @@ def app_create(args: argparse.Namespace, settings: Settings) -> None:
         limits=_limits(args),
         network=args.network,
     )
-    data = {**admin.describe(app), "secret": secret}
+    data = {**admin.describe(app), "secret": secret, "webhook_secret": app.webhook_secret}
     out(
         args,
         data,
         f"app {app.name} created\napp id: {app.app_id}\nsecret: {secret}\n"
-        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)",
+        "(the secret is shown only now; ./manage.py app-rotate-secret makes a new one)\n"
+        f"webhook secret: {app.webhook_secret}\n"
+        "(verifies the app's webhooks; ./manage.py app-rotate-webhook-secret makes a new one)",
     )
 
 
@@ -221,6 +236,12 @@ def app_usage(args: argparse.Namespace, settings: Settings) -> None:
 def app_rotate_secret(args: argparse.Namespace, settings: Settings) -> None:
     app, secret = admin.app_rotate_secret(args.app_id, settings)
     out(args, {"app_id": app.app_id, "secret": secret}, f"app id: {app.app_id}\nsecret: {secret}")
+
+
+@command("app-rotate-webhook-secret", "give an app a new webhook secret (whsec_...; the old one stops signing)")
+def app_rotate_webhook_secret(args: argparse.Namespace, settings: Settings) -> None:
+    app, secret = admin.app_rotate_webhook_secret(args.app_id)
+    out(args, {"app_id": app.app_id, "webhook_secret": secret}, f"app id: {app.app_id}\nwebhook secret: {secret}")
 
 
 @command("app-delete", "delete an app")
@@ -297,90 +318,7 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         p[name] = subs.add_parser(name, help=help_text, description=help_text)
         p[name].add_argument("--json", action="store_true", help="print JSON")
-    p["server-create"].add_argument("--name", required=True, help="the server's name")
-    p["server-create"].add_argument(
-        "--url", required=True, help="Docker API URL: unix:///var/run/docker.sock, tcp://h:p, ssh://user@h[:p]"
-    )
-    p["server-create"].add_argument("--buckets", default="", help="scratch folder on the server (informational)")
-    p["server-create"].add_argument(
-        "--slots", type=int, default=os.cpu_count() or 2, help="sandboxes run at once (default: this machine's cores)"
-    )
-    p["server-create"].add_argument("--runtime", default="runc", choices=admin.RUNTIMES)
-    p["server-create"].add_argument("--network", action="store_true", help="allow sandboxes network access")
-    p["server-create"].add_argument("--replace", action="store_true", help="overwrite a server of that name")
-    for name in ("server-drain", "server-activate", "server-delete"):
-        p[name].add_argument("--name", required=True)
-    for name in ("server-bootstrap", "server-shutdown"):
-        p[name].add_argument("--name", required=True, help="the server's name")
-        p[name].add_argument("--ssh", required=True, metavar="USER@HOST[:PORT]", help="the host (key login)")
-        p[name].add_argument("--identity", help="private key file (default: ~/.ssh's keys and the agent)")
-        p[name].add_argument(
-            "--known-hosts", help="known_hosts file holding the host's key (default ~/.ssh/known_hosts)"
-        )
-        p[name].add_argument("--prefix", default="/opt/opendevelop", help="install folder on the host")
-    p["server-bootstrap"].add_argument("--slots", type=int, help="sandboxes run at once (default: the host's cores)")
-    p["server-bootstrap"].add_argument("--runtime", default="runc", choices=admin.RUNTIMES)
-    p["server-bootstrap"].add_argument("--network", action="store_true", help="allow sandboxes network access")
-    p["server-bootstrap"].add_argument(
-        "--env-file", help="NAME=value lines for the dispatcher's environment (e.g. its AWS access key)"
-    )
-    p["server-bootstrap"].add_argument(
-        "--no-base-image", action="store_true", help="do not build the images (base and the catalogue) on the host"
-    )
-    p["server-bootstrap"].add_argument(
-        "--wait", type=float, default=60, help="seconds to wait for the dispatcher's heartbeat (0: do not wait)"
-    )
-    p["server-bootstrap"].add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
-    p["user-create"].add_argument("--username", required=True)
-    p["user-create"].add_argument("--email", required=True)
-    p["user-create"].add_argument("--passwd", "--password", dest="passwd", required=True)
-    p["user-create"].add_argument("--organization", action="store_true", help="an organization account")
-    p["user-delete"].add_argument("--username", required=True)
-    p["app-create"].add_argument("--app_name", "--app-name", "--name", dest="app_name", required=True)
-    p["app-create"].add_argument("--username", required=True, help="the user that owns the app")
-    p["app-create"].add_argument("--app_id", "--app-id", dest="app_id", help=argparse.SUPPRESS)
-    p["app-create"].add_argument("--secret", help=argparse.SUPPRESS)
-    p["app-list"].add_argument("--username")
-    for name in ("app-create", "app-set-limits"):
-        for limit in LIMIT_FIELDS:
-            p[name].add_argument(f"--{limit}", f"--{limit.replace('_', '-')}", dest=limit, help=f"ceiling for {limit}")
-    p["app-create"].add_argument("--network", action="store_true", help="sandboxes may ask for network access")
-    p["app-set-limits"].add_argument("--network", action=argparse.BooleanOptionalAction, default=None)
-    for quota, what in QUOTA_HELP.items():
-        p["app-set-limits"].add_argument(f"--{quota}", f"--{quota.replace('_', '-')}", dest=quota, type=int, help=what)
-    for name in ("app-set-limits", "app-usage", "app-rotate-secret", "app-delete"):
-        p[name].add_argument("--app_id", "--app-id", dest="app_id", required=True)
-    p["image-create"].add_argument("--name", required=True)
-    p["image-create"].add_argument("--description", default="")
-    p["image-create"].add_argument("--url", default="", help="the registry (docker index) URL")
-    p["image-create"].add_argument(
-        "--docker-image",
-        "--docker_image",
-        dest="docker_image",
-        required=True,
-        help="the Docker image reference, e.g. opendevelop/base:latest",
-    )
-    p["image-create"].add_argument("--disabled", action="store_true", help="register it disabled")
-    p["image-create"].add_argument("--replace", action="store_true", help="overwrite an image of that name")
-    p["image-build"].add_argument("--name", required=True, help="a recipe under infra/images/, or a new image")
-    p["image-build"].add_argument(
-        "--packages", help='a new image: Debian packages on top of --from, e.g. "jq bc" (writes its recipe)'
-    )
-    p["image-build"].add_argument("--from", dest="parent", default="base", help="what a new image is built on (base)")
-    p["image-build"].add_argument("--description", help="a new image's description")
-    p["image-build"].add_argument("--force", action="store_true", help="rebuild even if this recipe is built")
-    p["image-build"].add_argument("--replace", action="store_true", help="overwrite a different recipe of that name")
-    p["image-build"].add_argument("--no-smoke", action="store_true", help="do not run the recipe's smoke programs")
-    p["image-build"].add_argument("--no-register", action="store_true", help="build only")
-    for name in ("image-create", "image-build"):
-        p[name].add_argument("--language", help="the language it runs, e.g. Go")
-        p[name].add_argument("--version", help="the language's version (image-build measures it)")
-        p[name].add_argument("--run", help="a command line for one file, e.g. 'go run {file}' ({file}, {stem})")
-        p[name].add_argument("--extensions", help="the file extensions it claims, e.g. .cpp,.cc")
-        p[name].add_argument(
-            "--run-for", action="append", metavar="EXT=TEMPLATE", help="a run template for one of its extensions"
-        )
-    p["image-delete"].add_argument("--name", required=True)
+    add_arguments(p, ROOT)
     return top
 
 

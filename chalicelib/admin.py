@@ -11,7 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist
 
-from chalicelib import aws, image_meta, lifecycle, models, quotas, scheduling
+from chalicelib import aws, image_meta, lifecycle, models, quotas, scheduling, webhook_send
 from chalicelib.auth import hash_password, new_id, new_secret, secret_digest
 from chalicelib.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from chalicelib.models import App, DockerServer, Image, Sandbox, User
@@ -39,9 +39,10 @@ def _create(row: Any, what: str, key: str) -> None:
 
 
 def init(settings: Settings) -> list[str]:
-    """Create the stage's tables and bucket where missing (idempotent)."""
+    """Create the stage's tables, bucket and webhooks queue where missing (idempotent)."""
     created = models.create_tables()
     aws.ensure_bucket(settings)
+    aws.create_webhook_queue(settings)
     return created
 
 
@@ -97,6 +98,7 @@ def app_create(
         secret_hash=secret_digest(settings.hmac_key, secret),
         limits=check_limits(limits or {}, settings),
         network=network,
+        webhook_secret=webhook_send.new_secret(),
     )
     _create(app, "app", app_id)
     return app, secret
@@ -144,6 +146,14 @@ def app_rotate_secret(app_id: str, settings: Settings) -> tuple[App, str]:
     app = _get(App, app_id, "app", field="app_id")
     secret = new_secret()
     app.update(actions=[App.secret_hash.set(secret_digest(settings.hmac_key, secret))])
+    return app, secret
+
+
+def app_rotate_webhook_secret(app_id: str) -> tuple[App, str]:
+    """A new webhook secret (``whsec_...``): webhooks signed from now on use it, the old one stops."""
+    app = _get(App, app_id, "app", field="app_id")
+    secret = webhook_send.new_secret()
+    app.update(actions=[App.webhook_secret.set(secret)])
     return app, secret
 
 
@@ -278,7 +288,7 @@ def describe(row: Any) -> dict[str, Any]:
     """A row as plain JSON-able data, never with a secret digest or password hash."""
     data = {}
     for name in row.get_attributes():
-        if name in ("secret_hash", "password_hash"):
+        if name in ("secret_hash", "password_hash", "webhook_secret"):
             continue
         value = getattr(row, name)
         if hasattr(value, "isoformat"):

@@ -10,6 +10,7 @@ infrastructure fault.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +102,62 @@ def send_wakeup(settings: Settings, queue_url: str, sandbox_id: str, delay_s: in
             QueueUrl=queue_url,
             MessageBody=json.dumps({"sandbox_id": sandbox_id}),
             DelaySeconds=max(0, min(int(delay_s), 900)),
+        )
+
+
+def send_wakeups(settings: Settings, queue_url: str, sandbox_ids: list[str]) -> list[str]:
+    """Wake-ups for many sandboxes, ten to a ``SendMessageBatch``; the ids SQS did not take (tried twice).
+
+    A wake-up that is not sent is not lost work: the row is stored ``queued``
+    and the reconciler re-sends lost wake-ups (``reconciler._rewake``).
+    """
+    left: list[str] = []
+    for i in range(0, len(sandbox_ids), 10):
+        chunk = sandbox_ids[i : i + 10]
+        for _ in range(2):
+            entries = [{"Id": str(n), "MessageBody": json.dumps({"sandbox_id": sid})} for n, sid in enumerate(chunk)]
+            with translated("queueing the sandboxes"):
+                failed = sqs(settings).send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+            chunk = [chunk[int(f["Id"])] for f in failed]
+            if not chunk:
+                break
+        left += chunk
+    return left
+
+
+# The webhooks queue (``chalicelib.webhooks``): one message per delivery attempt.
+_webhook_urls: dict[tuple[str | None, str], str] = {}
+
+
+def create_webhook_queue(settings: Settings) -> str:
+    """Create (or find) the webhooks queue; its URL.  On AWS the template makes it (``WebhooksQueue``)."""
+    client = sqs(settings)
+    attributes = {"VisibilityTimeout": "60", "ReceiveMessageWaitTimeSeconds": "20"}
+    with translated("creating the webhooks queue"):
+        try:
+            url: str = client.create_queue(QueueName=settings.webhook_queue, Attributes=attributes)["QueueUrl"]
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in {"QueueAlreadyExists", "QueueNameExists"}:
+                raise
+            url = client.get_queue_url(QueueName=settings.webhook_queue)["QueueUrl"]
+    return url
+
+
+def webhook_queue_url(settings: Settings) -> str:
+    key = (settings.endpoint("sqs"), settings.webhook_queue)
+    url = _webhook_urls.get(key)
+    if url is None:
+        with translated("finding the webhooks queue"):
+            url = _webhook_urls[key] = sqs(settings).get_queue_url(QueueName=settings.webhook_queue)["QueueUrl"]
+    return url
+
+
+def send_webhook(settings: Settings, sandbox_id: str, attempt: int, delay_s: float = 0) -> None:
+    """A delivery attempt of ``sandbox_id``'s webhook, due in ``delay_s`` (SQS holds at most 900 s)."""
+    body = json.dumps({"sandbox_id": sandbox_id, "attempt": attempt})
+    with translated("queueing the webhook"):
+        sqs(settings).send_message(
+            QueueUrl=webhook_queue_url(settings), MessageBody=body, DelaySeconds=max(0, min(math.ceil(delay_s), 900))
         )
 
 

@@ -21,9 +21,17 @@ failure -- is conditional on that token, so a run that was handed over (the
 reconciler requeued it, another dispatcher claimed it) can never write over
 its successor: the token is the fence, not the server's name.
 
-The settling transitions (``record``, ``fail``, ``cancel``) free what the
-sandbox held of its app's quotas (``chalicelib.quotas.release``) right after
-the write they won, so whichever path settles a sandbox releases it, once.
+The settling transitions (``record``, ``fail``, ``cancel``) are where a
+sandbox's webhook is sent from: right after the write it won, by the process
+that won it (the dispatcher, the watchdog, the reconciler, the API's cancel),
+its first delivery attempt is queued (``_settled``).  A queueing that fails,
+or a process that dies between the write and the queueing, loses nothing: the
+row says ``callback_status`` pending, and the reconciler queues again what has
+waited too long (``chalicelib.webhooks.rederive``).
+
+The settling transitions also free what the sandbox held of its app's quotas
+(``chalicelib.quotas.release``) right after the write they won, so whichever
+path settles a sandbox releases it, once.
 """
 
 from __future__ import annotations
@@ -37,9 +45,9 @@ from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib import quotas
+from chalicelib import aws, quotas
 from chalicelib.logs import describe, log
-from chalicelib.models import FINAL_STATES, Sandbox, utcnow
+from chalicelib.models import FINAL_STATES, Sandbox, bound_settings, utcnow
 
 ERROR_MAX_CHARS = 1000
 logger = logging.getLogger("opendevelop.lifecycle")
@@ -55,8 +63,8 @@ def lost(e: Exception) -> bool:
 def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, settles: bool = False) -> bool:
     """One conditional update that does not parse the item back (so a malformed row can still be settled).
 
-    ``settles``: the write moves the sandbox to a final state; the winner frees
-    what it held of its app's quotas (``_released``).
+    ``settles``: the write moves the sandbox to a final state; the winner does
+    what follows a settle (``_settled``): frees its quotas, queues its webhook.
     """
     try:
         response = Sandbox._get_connection().update_item(
@@ -67,20 +75,27 @@ def _write(sandbox_id: str, actions: Sequence[Action], condition: Condition, set
             return False
         raise
     if settles:
-        _released(sandbox_id, (response or {}).get("Attributes") or {})
+        _settled(sandbox_id, (response or {}).get("Attributes") or {})
     return True
 
 
-def _released(sandbox_id: str, row: dict[str, Any]) -> None:
-    """After a settling write was won (once per sandbox, by whichever path settled it): free its quotas.
+def _settled(sandbox_id: str, row: dict[str, Any]) -> None:
+    """After a settling write was won (once per sandbox): free its quotas, queue its webhook's first attempt.
 
-    The transition stands even when this fails: the counter then holds one
-    slot too many until an operator repairs it, which is logged.
+    The transition stands whatever happens here.  A quota not freed holds one
+    slot too many until an operator repairs it (logged); a webhook not queued is
+    queued again by the reconciler (``webhooks.rederive``).
     """
     try:
         quotas.release(row)
     except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
         log(logger, "quota.release_failed", logging.ERROR, sandbox_id=sandbox_id, error=describe(e))
+    if "callback_url" not in row:
+        return
+    try:
+        aws.send_webhook(bound_settings(), sandbox_id, attempt=0)
+    except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
+        log(logger, "webhook.enqueue_failed", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
 
 
 # Conditions: the state a write leaves.
@@ -121,6 +136,20 @@ def create(sandbox_id: str, server: str, **fields: Any) -> Sandbox:
     sandbox = Sandbox(sandbox_id, status="queued", server=server, **fields)
     sandbox.save(condition=Sandbox.sandbox_id.does_not_exist())
     return sandbox
+
+
+def create_many(rows: Sequence[Sandbox]) -> None:
+    """New rows (``queued``), written with ``BatchWriteItem``: no condition, as their ids are new and random."""
+    with Sandbox.batch_write() as batch:
+        for row in rows:
+            batch.save(row)
+
+
+def delete_many(sandbox_ids: Sequence[str]) -> None:
+    """Remove rows a failed batch create may have stored."""
+    with Sandbox.batch_write() as batch:
+        for sandbox_id in sandbox_ids:
+            batch.delete(Sandbox(sandbox_id))
 
 
 def claim(sandbox: Sandbox, server: str, holder: str) -> str | None:
@@ -219,7 +248,7 @@ def cancel(sandbox: Sandbox) -> bool:
         if lost(e):
             return False
         raise
-    _released(sandbox.sandbox_id, sandbox.serialize())
+    _settled(sandbox.sandbox_id, sandbox.serialize())
     return True
 
 

@@ -78,6 +78,9 @@ class App(_Base):
     # Per-app ceilings, e.g. {"memory_mb": 512}; a missing key means the global ceiling.
     limits = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
+    # Signs the app's webhooks (``whsec_...``; see ``chalicelib.webhook_send``).  Kept as it is, since
+    # signing needs it: the table is encrypted at rest and only the API's role reads it.
+    webhook_secret = UnicodeAttribute(null=True)
     # Per-app quotas, e.g. {"concurrency": 10, "rate": 60, "daily_seconds": 3600}; a missing key
     # means the settings' default, 0 no limit (see ``chalicelib.quotas``).
     quotas = JSONAttribute(default=dict)
@@ -114,7 +117,7 @@ class DockerServer(_Base):
     dlq_url = UnicodeAttribute(default="")
     slots = NumberAttribute(default=2)
     runtime = UnicodeAttribute(default="runc")
-    state = UnicodeAttribute(default="active")  # active | draining | disabled
+    state = UnicodeAttribute(default="active")  # active | draining | disabled | stopping (asked to warm-stop)
     network = BooleanAttribute(default=False)
     last_heartbeat = UTCDateTimeAttribute(null=True)
     running = NumberAttribute(default=0)
@@ -137,6 +140,9 @@ class DockerServer(_Base):
     # False while the engine cannot make containers (disk full, image store broken): no new work.
     engine_ok = BooleanAttribute(default=True)
     engine_error = UnicodeAttribute(null=True)
+    # Being retired by its Auto Scaling group (chalicelib.scale_in): the lifecycle action, and since when.
+    retiring = JSONAttribute(null=True)
+    retiring_since = UTCDateTimeAttribute(null=True)
     created_at = UTCDateTimeAttribute(default=utcnow)
 
 
@@ -178,6 +184,21 @@ class SandboxesByStatus(GlobalSecondaryIndex["Sandbox"]):
         )
 
     status = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class SandboxesByCallback(GlobalSecondaryIndex["Sandbox"]):
+    """Sandboxes whose webhook is still to be delivered (sparse: ``callback_pending`` is set only then).
+
+    The reconciler reads it to send again what a lost enqueue or a crashed
+    delivery left (``chalicelib.webhooks.rederive``).
+    """
+
+    class Meta:
+        index_name = "by_callback"
+        projection = IncludeProjection(["status", "finished_at", "callback_attempts", "callback_due_at"])
+
+    callback_pending = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
@@ -257,8 +278,17 @@ class Sandbox(_Base):
     parked_app = UnicodeAttribute(null=True)
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)
+    # The webhook (``callback_url``; see ``chalicelib.webhooks``): pending, delivered or failed; the
+    # attempts made; the last one's error; when the next attempt is due (or a claimed one times out).
+    callback_url = UnicodeAttribute(null=True)
+    callback_status = UnicodeAttribute(null=True)
+    callback_attempts = NumberAttribute(null=True)
+    callback_error = UnicodeAttribute(null=True)
+    callback_due_at = UTCDateTimeAttribute(null=True)
+    callback_pending = UnicodeAttribute(null=True)  # "1" while pending: the by_callback index's key
     by_app = SandboxesByApp()
     by_status = SandboxesByStatus()
+    by_callback = SandboxesByCallback()
     parked = SandboxesParked()
 
 

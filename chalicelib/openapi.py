@@ -45,6 +45,7 @@ OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/usage", "GET"): (200, 400, 401, 415, 503),
     ("/api/sandboxes", "GET"): (200, 400, 401, 415, 503),
     ("/api/sandboxes", "POST"): (201, 400, 401, 413, 415, 429, 503),
+    ("/api/sandboxes/batch", "POST"): (201, 207, 400, 401, 413, 415, 429, 503),
     ("/api/sandboxes/{sandbox_id}", "GET"): (200, 400, 401, 404, 415, 503),
     ("/api/sandboxes/{sandbox_id}", "DELETE"): (200, 400, 401, 404, 409, 415, 503),
     ("/api/sandboxes/{sandbox_id}/logs", "GET"): (200, 400, 401, 404, 410, 415, 503),
@@ -74,6 +75,7 @@ from chalicelib.openapi_schemas import (  # noqa: E402 - the schemas live beside
     _sandbox_schema,
     _usage_schema,
 )
+from chalicelib.openapi_webhooks import IDS_DOC, batch_operation, webhooks_section  # noqa: E402
 
 
 def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
@@ -132,11 +134,12 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("/api/sandboxes", "GET"): {
             "operationId": "listSandboxes",
-            "summary": "The app's sandboxes, newest first, a page at a time",
+            "summary": "The app's sandboxes, newest first, a page at a time; or many by id (`ids`)",
             "parameters": _query_parameters("/api/sandboxes", "GET"),
             "responses": {
                 "200": {
-                    "description": "One page; `next` is the cursor of the following page, or null after the last.",
+                    "description": "One page; `next` is the cursor of the following page, or null after the last. "
+                    + IDS_DOC,
                     "content": _json(
                         {
                             "type": "object",
@@ -178,6 +181,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 }
             },
         },
+        ("/api/sandboxes/batch", "POST"): batch_operation(),
         ("/api/sandboxes/{sandbox_id}", "GET"): {
             "operationId": "getSandbox",
             "summary": "One sandbox; with `wait`, held until it settles",
@@ -311,6 +315,7 @@ def document(settings: Settings) -> dict[str, Any]:
         },
         "security": [{"basicAuth": []}],
         "paths": paths,
+        "webhooks": webhooks_section(),
         "components": {
             "securitySchemes": {
                 "basicAuth": {

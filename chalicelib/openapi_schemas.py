@@ -7,6 +7,7 @@ from typing import Any
 from chalicelib import errors
 from chalicelib.files import MAX_NAME_BYTES
 from chalicelib.models import SANDBOX_STATES
+from chalicelib.openapi_webhooks import callback_schema, callback_url_field
 from chalicelib.settings import Settings
 from chalicelib.validation import ENV_NAME, LIMIT_FIELDS, MAX_ENV, TEXT_FIELDS
 
@@ -108,6 +109,7 @@ def _fields(settings: Settings, json_body: bool) -> dict[str, dict[str, Any]]:
             "`true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).",
             "default": False if json_body else "false",
         },
+        "callback_url": callback_url_field(),
     }
     for name in LIMIT_FIELDS:
         fields[name] = _limit_schema(settings, name, also_string=json_body)
@@ -256,6 +258,7 @@ def _sandbox_schema(settings: Settings) -> dict[str, Any]:
         "finished_at": _nullable(time_),
         "duration_ms": _nullable({"type": "integer"}),
         "server": _nullable({"type": "string", "description": "The Docker server it was sent to."}),
+        "callback": callback_schema(),
     }
     return {"type": "object", "required": list(properties), "properties": properties}
 

@@ -75,6 +75,24 @@ def parse_offset(raw: str | None) -> int:
     return value
 
 
+MAX_IDS = 100
+
+
+def parse_ids(raw: str | None) -> list[str] | None:
+    """``?ids=a,b,c``: read these sandboxes (at most 100; the app's own only, others simply absent)."""
+    if raw is None:
+        return None
+    parts = raw.split(",")
+    if len(parts) > MAX_IDS:
+        raise InvalidInput("ids", f"{len(parts)} ids: at most {MAX_IDS}")
+    for part in parts:
+        if not part or len(part) > 64 or not part.isascii() or not part.isalnum():
+            raise InvalidInput(
+                "ids", f"{part[:64]!r} is not a sandbox id (ids are letters and digits, comma-separated)"
+            )
+    return list(dict.fromkeys(parts))
+
+
 TAIL_STREAMS = ("logs", "stdout", "stderr")
 
 
@@ -110,6 +128,17 @@ QUERY: dict[tuple[str, str], dict[str, Param]] = {
             parse_limit, {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size."
         ),
         "cursor": Param(parse_cursor, {"type": "string"}, "The `next` of the previous page."),
+        "ids": Param(
+            parse_ids,
+            {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}(,[A-Za-z0-9]{1,64})*$"},
+            f"Read these sandboxes (comma-separated, at most {MAX_IDS}) instead of a page: the app's own, "
+            "in the order given; ids of other apps or of none are simply absent.",
+        ),
+        "wait": Param(
+            parse_wait,
+            {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+            "With `ids`: hold the request until all of them have finished or this many seconds pass.",
+        ),
     },
     ("/api/sandboxes/{sandbox_id}", "GET"): {
         "wait": Param(

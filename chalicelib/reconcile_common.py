@@ -47,6 +47,7 @@ class Report:
     failed: int = 0
     rerouted: int = 0
     rewoken: int = 0
+    webhooks: int = 0  # webhooks queued again (``webhooks.rederive``)
     errors: list[str] = field(default_factory=list)
     moved: set[str] = field(default_factory=set)  # rows this pass already settled or sent a wake-up for
 
@@ -57,6 +58,7 @@ class Report:
             "failed": self.failed,
             "rerouted": self.rerouted,
             "rewoken": self.rewoken,
+            "webhooks": self.webhooks,
             "errors": len(self.errors),
         }
 

@@ -39,13 +39,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import aws, dead_letters, lifecycle, liveness, models, quotas
+from chalicelib import aws, dead_letters, lifecycle, liveness, models, quotas, status, webhooks
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive, is_healthy
 from chalicelib.logs import log
@@ -71,8 +72,14 @@ class Orphan:
     wait_s: float
 
 
-def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> dict[str, Any]:
+def reconcile(
+    settings: Settings, config: ReconcilerSettings | None = None, publish: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """One pass (see the module's docstring); returns counts of what it changed.
+
+    Each pass also publishes the scaling signal, the backlog per free slot
+    (``chalicelib.status``), as one embedded-metric-format line on stdout
+    (``publish``), which CloudWatch reads from the Lambda's log.
 
     Raises ``Unavailable`` when the servers cannot be read at all; a failure on
     one row is logged and left for the next pass.
@@ -91,6 +98,7 @@ def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> d
     for row in _rows("running", report):
         _settle_running(settings, config, row, servers, now, report)
     queued = _rows("queued", report)
+    (publish or _stdout)(status.emf_line(settings.table_prefix, len(queued), list(servers.values())))
     for row in queued:
         _settle_queued(settings, config, row, servers, report)
     woken = [row for row in queued if row.sandbox_id not in report.moved and not row.parked_app]
@@ -102,11 +110,18 @@ def reconcile(settings: Settings, config: ReconcilerSettings | None = None) -> d
             report.rewoken += quotas.unpark(app_id)
         except PynamoDBException as e:
             report.errors.append(f"unparking the sandboxes of {app_id}: {e}")
+    report.webhooks = webhooks.rederive(settings, report.errors)
     summary = report.as_dict()
     if any(summary.values()):
         level = logging.WARNING if report.errors else logging.INFO
         log(logger, "reconcile.pass", level, healthy=sum(is_healthy(s) for s in servers.values()), **summary)
     return summary
+
+
+def _stdout(line: str) -> None:
+    # Not through ``logging``: Lambda prefixes a logged line, and CloudWatch reads a metric only
+    # from a line that is one JSON object.
+    print(line, flush=True)
 
 
 def _judge(settings: Settings, server: DockerServer, now: datetime, report: Report) -> None:

@@ -15,15 +15,15 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import artifacts, aws, lifecycle, output, quotas, scheduling
-from chalicelib.auth import new_id, parse_basic, secret_matches
+from chalicelib import artifacts, aws, lifecycle, output, quotas, webhooks
+from chalicelib.auth import parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
-from chalicelib.files import bundle
 from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, App, Image, Sandbox
+from chalicelib.plans import Plan, plan
 from chalicelib.settings import Settings
-from chalicelib.validation import SandboxRequest, resolve_limits
+from chalicelib.validation import SandboxRequest
 
 logger = logging.getLogger("opendevelop.api")
 
@@ -63,101 +63,52 @@ def enabled_images() -> list[str]:
         raise Unavailable(f"reading images: {e}") from e
 
 
-def _image(ctx: Context, name: str) -> Image:
-    image = ctx.images.get(name)
-    if image is None:
-        try:
-            image = Image.get(name)
-        except DoesNotExist:
-            raise InvalidInput("image", f"unknown image {name!r} (see GET /api/images)") from None
-        except PynamoDBException as e:
-            raise Unavailable(f"reading the image: {e}") from e
-        ctx.images.put(name, image)
-    if not image.enabled:
-        raise InvalidInput("image", f"image {name!r} is disabled")
-    return image
-
-
-# Files (and stdin) this small travel in the sandbox's row: no S3 round trip to
-# store them, none for the dispatcher to fetch them.  Larger ones go to S3.
-INLINE_PAYLOAD_BYTES = 16 * 1024
-
-
 def create(ctx: Context, app: App, req: SandboxRequest) -> Sandbox:
-    """Validate against the app and the platform, store, and queue.  All or nothing."""
-    settings = ctx.settings
-    image = _image(ctx, req.image)
-    limits = resolve_limits(req.limits, app.limits or {}, settings)
-    if req.network and not app.network:
-        raise InvalidInput("network", "this app may not give its sandboxes network access")
+    """Validate against the app and the platform, count its quotas, store, and queue.  All or nothing."""
+    p = plan(ctx, app, req)  # chalicelib.plans
     try:
-        server = scheduling.choose_server(image.docker_image, settings.heartbeat_ttl_s, scheduling.servers(ctx))
-    except PynamoDBException as e:
-        raise Unavailable(f"reading servers: {e}") from e
-    if req.network and not server.network:
-        raise InvalidInput("network", f"server {server.name!r} does not allow network access")
-    share = settings.fair_share or sum(int(s.slots) for s in scheduling.servers(ctx) if s.state == "active")
-    try:
-        taken = quotas.take(app, settings, limits["timeout"], share=max(1, share))
-    except PynamoDBException as e:
-        raise Unavailable(f"counting the app's quotas: {e}") from e
-    try:
-        return _store(ctx, app, req, image, limits, server, taken)
+        return _store(ctx, app, p)
     except BaseException:
-        quotas.give_back(taken)
+        quotas.give_back(p.taken)
         raise
 
 
-def _store(
-    ctx: Context, app: App, req: SandboxRequest, image: Image, limits: dict[str, float], server: Any, taken: Any
-) -> Sandbox:
+def _store(ctx: Context, app: App, p: Plan) -> Sandbox:
     settings = ctx.settings
-    sandbox_id = new_id()
-    tar = bundle(req.files)
-    payload = tar + req.stdin
-    fields: dict[str, Any] = dict(
-        app_id=app.app_id,
-        image=image.name,
-        docker_image=image.docker_image,
-        cmd=req.cmd,
-        limits=limits,
-        env=req.env,
-        network=req.network,
-        files_key=f"sandboxes/{sandbox_id}/input.tar" if len(payload) > INLINE_PAYLOAD_BYTES else None,
-        files_inline=payload if 0 < len(payload) <= INLINE_PAYLOAD_BYTES else None,
-        files_bytes=len(tar),
-        stdin_bytes=len(req.stdin),
-        file_count=len(req.files),
-        quota_seconds=taken.seconds,
-        parked_app=None if taken.woken else app.app_id,
-    )
-    if fields["files_key"]:
-        aws.put_object(settings, fields["files_key"], payload)
+    if p.fields["files_key"]:
+        aws.put_object(settings, p.fields["files_key"], p.payload)
     try:
-        sandbox = lifecycle.create(sandbox_id, server.name, **fields)
-        if taken.woken:
-            aws.send_wakeup(settings, server.queue_url, sandbox_id)
+        sandbox = lifecycle.create(p.sandbox_id, p.server.name, **p.fields)
+        if p.woken:
+            aws.send_wakeup(settings, p.server.queue_url, p.sandbox_id)
     except (PynamoDBException, Unavailable) as e:
-        _undo(settings, sandbox_id, fields["files_key"])
+        _undo(settings, p.sandbox_id, p.fields["files_key"])
         raise Unavailable(f"storing the sandbox: {e}") from e
-    if not taken.woken:
-        # Parked: woken by the app's next settle.  One may have come between the count and the row's
-        # write, and found nothing to wake: look once more, now that the row is there.
-        try:
-            quotas.unpark(app.app_id)
-        except PynamoDBException as e:
-            log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
+    if not p.woken:
+        unpark(app.app_id, p.sandbox_id)
     log(
         logger,
         "sandbox.created",
-        sandbox_id=sandbox_id,
+        sandbox_id=p.sandbox_id,
         app_id=app.app_id,
-        server=server.name,
-        files=len(req.files),
-        bytes=len(payload),
-        parked=not taken.woken,
+        server=p.server.name,
+        files=p.files,
+        bytes=len(p.payload),
+        parked=not p.woken,
     )
     return sandbox
+
+
+def unpark(app_id: str, sandbox_id: str | None = None) -> None:
+    """After storing parked rows: wake what the app's share allows now.
+
+    Parked rows are woken by the app's next settle; one may have come between
+    the count and the rows' write and found nothing to wake: look once more.
+    """
+    try:
+        quotas.unpark(app_id)
+    except PynamoDBException as e:
+        log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, app_id=app_id, error=describe(e))
 
 
 def _undo(settings: Settings, sandbox_id: str, files_key: str | None) -> None:
@@ -383,6 +334,7 @@ def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES, listed: int =
         "finished_at": _iso(sb.finished_at),
         "duration_ms": duration,
         "server": sb.server,
+        "callback": webhooks.show(sb),
     }
 
 

@@ -26,6 +26,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_ENDPOINT = "http://127.0.0.1:5000"
@@ -77,6 +79,12 @@ class Settings:
     heartbeat_ttl_s: int = 30
     retention_days: int = 30  # sandbox rows expire (DynamoDB TTL ``expires_at``) this long after creation
     limits: Mapping[str, Limit] = field(default_factory=dict)
+    # Webhooks (``callback_url``; see ``chalicelib.webhooks``): what the operator allows beyond public
+    # addresses (CIDRs, host:port), the first retry's delay (each next one 3x), how many attempts.
+    webhook_allow: tuple[str, ...] = ()
+    webhook_backoff_s: float = 30.0
+    webhook_attempts: int = 6
+    webhook_rederive_s: float = 60.0
     # Per-app quotas when the app has none of its own (``manage.py app-set-limits``); 0 is no limit.
     quotas: Mapping[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
     # Fair share: the most sandboxes of one app woken (in a server's queue, or running) at once;
@@ -122,12 +130,30 @@ class Settings:
             heartbeat_ttl_s=_int(env, "OPENDEVELOP_HEARTBEAT_TTL", 30, 5),
             retention_days=_int(env, "OPENDEVELOP_RETENTION_DAYS", 30, 1),
             limits=_limits(env),
+            webhook_allow=webhook_allow(env.get("OPENDEVELOP_WEBHOOK_ALLOW", "")),
+            webhook_backoff_s=env_float(env, "OPENDEVELOP_WEBHOOK_BACKOFF", 30.0, 0.1, 3600.0),
+            webhook_attempts=env_int(env, "OPENDEVELOP_WEBHOOK_ATTEMPTS", 6, 1, 20),
+            webhook_rederive_s=env_float(env, "OPENDEVELOP_WEBHOOK_REDERIVE", 60.0, 1.0, 3600.0),
             fair_share=_int(env, "OPENDEVELOP_FAIR_SHARE", 0, 0),
             quotas={
                 name: _int(env, f"OPENDEVELOP_QUOTA_{name.upper()}", default, 0)
                 for name, default in QUOTA_DEFAULTS.items()
             },
         )
+
+    @property
+    def webhook_queue(self) -> str:
+        """The webhooks queue's name (the AWS template's ``WebhooksQueue``; the local stack makes it)."""
+        return f"{self.table_prefix}-webhooks"
+
+    def own_endpoints(self) -> set[tuple[str, int]]:
+        """(host, port) of the platform's own endpoints (the AWS ones configured): never a webhook's target."""
+        own = set()
+        for url in {self.aws_endpoint_url, *self.service_endpoints.values()} - {None}:
+            parts = urlsplit(str(url))
+            if parts.hostname:
+                own.add((parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)))
+        return own
 
     def limit(self, name: str) -> Limit:
         return self.limits[name]
@@ -250,6 +276,20 @@ def _secret_string(var: str, secret_id: str, aws_kwargs: Mapping[str, Any]) -> s
     if not text:
         raise SettingsError(f"{var}: secret {secret_id!r} holds no string")
     return str(text).strip()
+
+
+def webhook_allow(raw: str) -> tuple[str, ...]:
+    """``OPENDEVELOP_WEBHOOK_ALLOW``: comma- or space-separated CIDRs (``10.1.0.0/16``) and ``host:port`` pairs."""
+    entries = []
+    for entry in raw.replace(",", " ").split():
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"OPENDEVELOP_WEBHOOK_ALLOW: {entry!r} is neither a CIDR nor host:port") from None
+        entries.append(entry.lower())
+    return tuple(entries)
 
 
 def env_int(env: Mapping[str, str], var: str, default: int, low: int, high: int) -> int:

@@ -26,12 +26,13 @@ from typing import Any
 
 import multipart
 
+from chalicelib import webhook_targets
 from chalicelib.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from chalicelib.files import UploadedFile, check_tree, clean_name
 from chalicelib.settings import Settings
 
 LIMIT_FIELDS = ("timeout", "memory_mb", "cpus", "pids", "disk_mb", "output_kb", "artifacts_kb")
-TEXT_FIELDS = ("image", "cmd", "stdin", "env", "network", *LIMIT_FIELDS)
+TEXT_FIELDS = ("image", "cmd", "stdin", "env", "network", "callback_url", *LIMIT_FIELDS)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV = 64
 MAX_ENV_BYTES = 32 * 1024
@@ -46,6 +47,7 @@ class SandboxRequest:
     stdin: bytes = b""
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
+    callback_url: str | None = None
 
 
 def check_text(field: str, value: str) -> str:
@@ -160,6 +162,18 @@ def _parse_json(body: bytes) -> tuple[dict[str, Any], list[UploadedFile]]:
     data = load_json("body", text)
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
+    return _json_fields(data)
+
+
+def from_json(data: Any, settings: Settings, where: str = "") -> SandboxRequest:
+    """One create's JSON body, already decoded (a batch's item): a ``SandboxRequest`` or ``InvalidInput``."""
+    if not isinstance(data, dict):
+        raise InvalidInput(where or "body", "must be a JSON object")
+    fields, files = _json_fields(dict(data))
+    return _build(fields, files, settings)
+
+
+def _json_fields(data: dict[str, Any]) -> tuple[dict[str, Any], list[UploadedFile]]:
     for key in data:
         check_text("body", key)
     raw_files = data.pop("files", [])
@@ -222,7 +236,15 @@ def _build(fields: dict[str, Any], files: list[UploadedFile], settings: Settings
         stdin=_parse_stdin(fields.get("stdin"), settings.max_stdin_bytes),
         env=_parse_env(fields.get("env")),
         network=_parse_bool("network", fields.get("network", False)),
+        callback_url=_parse_callback(fields.get("callback_url"), settings),
     )
+
+
+def _parse_callback(raw: Any, settings: Settings) -> str | None:
+    """``callback_url``: where the settled sandbox is POSTed (see ``chalicelib.webhook_targets``)."""
+    if raw is None or raw == "":
+        return None
+    return webhook_targets.check(raw, webhook_targets.Policy.from_settings(settings))
 
 
 def parse_cmd(raw: Any, max_bytes: int) -> list[str]:

@@ -65,25 +65,34 @@ class Reader:
 
     def wait(self, sandbox: Sandbox, wait_s: float) -> Sandbox:
         """``sandbox`` (already read, and the caller's), once settled or after ``wait_s``: the newest row seen."""
-        if sandbox.status in FINAL_STATES or wait_s <= 0:
-            return sandbox
-        watch = _Watch(sandbox)
+        return self.wait_all([sandbox], wait_s)[0]
+
+    def wait_all(self, sandboxes: list[Sandbox], wait_s: float) -> list[Sandbox]:
+        """``sandboxes``, once all have settled or after ``wait_s``: the newest rows seen, in order."""
+        watches = [_Watch(sb) for sb in sandboxes if sb.status not in FINAL_STATES]
+        if not watches or wait_s <= 0:
+            return sandboxes
         with self._lock:
-            self._watches.setdefault(sandbox.sandbox_id, []).append(watch)
+            for watch in watches:
+                self._watches.setdefault(watch.sandbox.sandbox_id, []).append(watch)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="wait-reader", daemon=True)
                 self._thread.start()
         self._wake.set()
+        deadline = time.monotonic() + wait_s
         try:
-            watch.settled.wait(wait_s)
+            for watch in watches:
+                watch.settled.wait(max(0.0, deadline - time.monotonic()))
         finally:
             with self._lock:
-                watches = self._watches.get(sandbox.sandbox_id, [])
-                if watch in watches:
-                    watches.remove(watch)
-                if not watches:
-                    self._watches.pop(sandbox.sandbox_id, None)
-        return watch.sandbox
+                for watch in watches:
+                    mine = self._watches.get(watch.sandbox.sandbox_id, [])
+                    if watch in mine:
+                        mine.remove(watch)
+                    if not mine:
+                        self._watches.pop(watch.sandbox.sandbox_id, None)
+        newest = {watch.sandbox.sandbox_id: watch.sandbox for watch in watches}
+        return [newest.get(sb.sandbox_id, sb) for sb in sandboxes]
 
     def _loop(self) -> None:
         tick = FAST_TICK_S

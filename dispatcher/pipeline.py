@@ -34,6 +34,7 @@ from dispatcher import watchdog
 from dispatcher.engine import Engine, NotStarted, PlatformError, RunResult, RunSpec
 from dispatcher.inbox import Inbox
 from dispatcher.live import Live, forget
+from dispatcher.metrics import Metrics, outcome_of
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
 from dispatcher.result import attributes, sizes
 from dispatcher.retry import Retry, transient
@@ -89,7 +90,9 @@ class Pipeline:
         flags: Flags,
         retry: Retry,
         spool: Spool,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.spool = spool
         self.settings = settings
         self.config = config
@@ -132,6 +135,7 @@ class Pipeline:
             self._settle_orphan(claim.sandbox, job)
             return
         job.token = claim.token
+        self.metrics.claimed(claim.sandbox.created_at)
         try:
             self.run(claim.sandbox, job)
         except Exception as e:  # noqa: BLE001 - every failure is classified and settled
@@ -242,6 +246,7 @@ class Pipeline:
                 # (conditional on its token: refused if its run was handed over meanwhile).
                 raise Abort(job.aborted)
             if job.cancelled:
+                self.metrics.ended("cancelled", result.duration_s)
                 log(logger, "sandbox.cancel_killed", sandbox_id=sandbox.sandbox_id, server=self.server)
                 return  # the row already says cancelled; the write below would be refused anyway
             if result.stopped_by:
@@ -332,6 +337,7 @@ class Pipeline:
             log(logger, "sandbox.settled_elsewhere", logging.WARNING, sandbox_id=sandbox.sandbox_id)
             return False
         self.runs += 1
+        self.metrics.ended(outcome_of(result), result.duration_s)
         log(
             logger,
             "sandbox.terminated",
@@ -362,12 +368,18 @@ class Pipeline:
         failure = classify(e, self.engine.healthy, network=bool(sandbox.network))
         if not failure.expected:
             log_exception(logger, "dispatcher.unexpected_error", e, sandbox_id=sandbox.sandbox_id, server=self.server)
+        if failure.engine or failure.broken:
+            self.metrics.engine_errors.inc()
         if failure.engine:
             self.flags.engine_up.clear()  # take no work until the engine answers
         if failure.broken:
             self.flags.broken = failure.reason  # reported by the heartbeat: new work goes elsewhere
             log(logger, "engine.broken", logging.ERROR, server=self.server, reason=failure.reason[:300])
         settled = self._settle(sandbox, lifecycle.running_as(job.token), failure)
+        if settled is Settled.ERROR:
+            self.metrics.ended("error")
+        elif settled is Settled.QUEUED:
+            self.metrics.ended("given_back")
         if settled in (Settled.ERROR, Settled.GONE):
             self.inbox.delete(job.receipt)
         elif settled is Settled.QUEUED and failure.counted:

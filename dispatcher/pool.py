@@ -69,6 +69,7 @@ class Pool:
         self._open = False
         self._paused = False
         self._failures = 0
+        self.on_take: Callable[[bool], None] | None = None  # counts hits and misses (``dispatcher.metrics``)
         self._not_before = 0.0  # after a failure, no spare is made before this
         self._thread: threading.Thread | None = None
 
@@ -93,6 +94,8 @@ class Pool:
             ready = self._ready.get(shape)
             cid = ready.popleft()[0] if ready and not self._paused else None
         self._wake.set()
+        if self.on_take is not None:
+            self.on_take(cid is not None)
         return cid
 
     def pause(self) -> None:

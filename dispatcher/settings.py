@@ -39,6 +39,7 @@ class DispatcherSettings:
     # For an ssh:// Docker URL: the private key and the known hosts file (default: ~/.ssh's).
     ssh_identity: str | None = None
     ssh_known_hosts: str | None = None
+    metrics_port: int = 0  # Prometheus metrics on 127.0.0.1 (``dispatcher.metrics``); 0: off
 
     @classmethod
     def from_env(
@@ -71,6 +72,7 @@ class DispatcherSettings:
             or str(Path(env.get("OPENDEVELOP_STATE_DIR") or PROJECT_ROOT / ".opendevelop") / "spool" / server),
             ssh_identity=_readable(env, "OPENDEVELOP_SSH_IDENTITY"),
             ssh_known_hosts=_readable(env, "OPENDEVELOP_SSH_KNOWN_HOSTS"),
+            metrics_port=env_int(env, "OPENDEVELOP_METRICS_PORT", 0, 0, 65535),
         )
 
 

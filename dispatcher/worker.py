@@ -12,7 +12,8 @@ parts, one job each:
 
 Stopping (rq's way): the first SIGTERM is a warm stop (take nothing new, finish
 what runs, keep beating until then), the second a cold stop (kill what runs and
-hand it back, not counted).  A draining (or disabled) server's dispatcher
+hand it back, not counted); a row whose state is ``stopping`` (its host is being
+retired, ``chalicelib.scale_in``) asks for the same warm stop.  A draining (or disabled) server's dispatcher
 finishes what it runs and takes nothing new; the reconciler moves what waits
 on its queue.  While the engine is unreachable the dispatcher takes no work.
 """
@@ -41,6 +42,7 @@ from chalicelib.settings import Settings
 from dispatcher.duties import Duties
 from dispatcher.engine import Engine
 from dispatcher.inbox import Inbox
+from dispatcher.metrics import Metrics
 from dispatcher.pipeline import Pipeline
 from dispatcher.recovery import recover
 from dispatcher.retry import Clock, Retry
@@ -61,7 +63,9 @@ class Dispatcher:
         server: DockerServer,
         engine: Engine,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.config = config
         self.server = server
         self.engine = engine
@@ -77,8 +81,9 @@ class Dispatcher:
             Spool(Path(config.spool_dir)) if config.spool_dir else Spool(Path(tempfile.mkdtemp(prefix="od-spool-")))
         )
         self.pipeline = Pipeline(
-            settings, config, server.name, holder, engine, self.inbox, self.flags, self.retry, self.spool
+            settings, config, server.name, holder, engine, self.inbox, self.flags, self.retry, self.spool, self.metrics
         )
+        self.metrics.slots.set(self.slots)
         self.duties = Duties(settings, config, server, self.slots, engine, self.inbox, self.hands, self.flags, holder)
 
     def install_signal_handlers(self) -> None:
@@ -107,6 +112,11 @@ class Dispatcher:
         log(logger, "dispatcher.ready", server=self.server.name, slots=self.slots, queue=self.server.queue_url)
         with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="slot") as pool:
             while not self.flags.stopping.is_set():
+                if self.server.state == "stopping":
+                    # Its host is being retired (chalicelib.scale_in) and nothing runs here: a warm stop.
+                    log(logger, "dispatcher.warm_stop", server=self.server.name, running=len(self.hands), asked=True)
+                    self.flags.stopping.set()
+                    continue
                 if self.server.state != "active":
                     self.flags.stopping.wait(1)  # draining or disabled: finish what runs, take nothing new
                     continue
@@ -161,11 +171,13 @@ class Dispatcher:
             delay = min(delay * 2, 5.0)
 
     def _handle_in_slot(self, message: dict[str, Any]) -> None:
+        self.metrics.slots_busy.inc()
         try:
             self.handle(message)
         except Exception as e:  # noqa: BLE001 - the slot is freed whatever happened; the fault is logged in full once
             log_exception(logger, "dispatcher.handle_failed", e, server=self.server.name)
         finally:
+            self.metrics.slots_busy.dec()
             self.free.release()
 
     def handle(self, message: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@
 #   supervise.sh PREFIX status   exit 0 if running (prints its pid)
 #   supervise.sh PREFIX run      the supervisor itself (what `start` runs under setsid nohup)
 #
-# Like Restart=always: a dispatcher that exits is started again after 2 s.  It runs
+# Like Restart=always: a dispatcher that exits is started again after 2 s, except after exit 4
+# (its server was retired: RestartPreventExitStatus=4).  It runs
 # with a clean environment plus PREFIX/etc/dispatcher.env; the log is PREFIX/log/dispatcher.log.
 set -u
 PREFIX="${1:?usage: supervise.sh PREFIX start|stop|restart|status|run}"
@@ -37,8 +38,15 @@ run() {
             dispatcher "$PREFIX/etc/dispatcher.env" "$PREFIX" &
         child=$!
         # `wait` returns early when a signal arrives: wait again until the child is gone.
-        while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+        status=0
+        while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
         [ "$stopping" = 0 ] || break
+        if [ "$status" = 4 ]; then
+            # As the unit's RestartPreventExitStatus=4: the server was retired (scale-in), so the
+            # dispatcher must not come back for it.
+            echo "supervise.sh: the dispatcher's server was retired (exit 4); not starting it again" >&2
+            break
+        fi
         echo "supervise.sh: the dispatcher exited; starting it again in 2 s" >&2
         sleep 2
     done

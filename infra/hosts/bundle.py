@@ -90,6 +90,13 @@ def code_tar(files: dict[str, bytes], manifest_bytes: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def release_tar(source: Path) -> bytes:
+    """The release bundle an Auto Scaling group's host installs at boot (its user-data, infra/aws):
+    the same files and manifest ``server-bootstrap`` sends, as one ``.tar.gz``."""
+    files = shipped_files(source)
+    return code_tar(files, manifest(files))
+
+
 def render_env(settings: Settings, server: str, extra: dict[str, str], template: str) -> bytes:
     """The host's ``dispatcher.env``; every value is checked so the shell and systemd read it alike."""
     values: dict[str, str] = {}

@@ -34,9 +34,11 @@ OpenDevelop is running.
   AWS         {aws}   (moto: DynamoDB, SQS, S3)
   dispatcher  server "{server}" on unix:///var/run/docker.sock
   reconciler  a pass every 10 s (settles what crashes leave; the cloud runs it every minute)
+  webhooks    delivers callback_url webhooks from the webhooks queue (on AWS a Lambda)
   logs        {logs}/
 
 Demo app:   id {app_id}   secret {secret}
+            webhook secret {webhook_secret}   (verifies its callback_url webhooks)
 For the Python client and the `opendevelop` command (in .venv):
   export OPENDEVELOP_URL={api} OPENDEVELOP_APP_ID={app_id} OPENDEVELOP_SECRET={secret}
 
@@ -76,6 +78,7 @@ def main() -> int:
         stack.start_api()
         stack.start_dispatcher(server, name="dispatcher")
         stack.start_reconciler()
+        stack.start_webhooks()
         print(
             BANNER.format(api=stack.api_url, aws=stack.aws_url, logs=stack.log_dir, server=server, **demo), flush=True
         )
@@ -96,6 +99,8 @@ def main() -> int:
                         stack.start_api()
                     elif name == "reconciler":
                         stack.start_reconciler()
+                    elif name == "webhooks":
+                        stack.start_webhooks()
                     else:
                         stack.start_dispatcher(server, name=name)
     except RuntimeError as e:

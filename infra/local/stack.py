@@ -171,6 +171,10 @@ class Stack:
         """What the cloud's schedule runs every minute, here every OPENDEVELOP_RECONCILE_INTERVAL (10) s."""
         return self.spawn(name, [sys.executable, "-m", "chalicelib.reconciler", "--loop"])
 
+    def start_webhooks(self, name: str = "webhooks") -> subprocess.Popen[bytes]:
+        """What SQS invokes on AWS (``app.deliver_webhook``), run by a local poller of the webhooks queue."""
+        return self.spawn(name, [sys.executable, "-m", "infra.local.webhooks"])
+
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
         proc = self.procs.pop(name, None)
         if proc is None:
@@ -235,18 +239,23 @@ class Stack:
             owner="demo",
             secret_hash=secret_digest(settings.hmac_key, demo["secret"]),
             limits={},
+            webhook_secret=demo["webhook_secret"],
         ).save()
         return demo
 
     def demo_credentials(self) -> dict[str, str]:
-        """The demo app's id and secret, made once per checkout so the README's curl keeps working."""
+        """The demo app's id, secret and webhook secret, made once per checkout so the README's curl keeps working."""
         from chalicelib.auth import new_id, new_secret
+        from chalicelib.webhook_send import new_secret as new_webhook_secret
 
         path = self.state_dir / "demo-app.json"
         if path.exists():
             data = json.loads(path.read_text())
-            return {"app_id": data["app_id"], "secret": data["secret"]}
-        data = {"app_id": new_id(), "secret": new_secret()}
+            if data.get("webhook_secret"):
+                return {"app_id": data["app_id"], "secret": data["secret"], "webhook_secret": data["webhook_secret"]}
+            data["webhook_secret"] = new_webhook_secret()  # a file from before webhooks
+        else:
+            data = {"app_id": new_id(), "secret": new_secret(), "webhook_secret": new_webhook_secret()}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
         path.chmod(0o600)

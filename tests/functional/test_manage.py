@@ -58,8 +58,9 @@ def api_get(client, path, app_id, secret):
 
 
 def queue_names(settings) -> list[str]:
+    """The servers' queues (``init`` makes the stage's webhooks queue too: it is not a server's)."""
     urls = aws.sqs(settings).list_queues().get("QueueUrls", [])
-    return sorted(url.rsplit("/", 1)[-1] for url in urls)
+    return sorted(name for name in (url.rsplit("/", 1)[-1] for url in urls) if name != settings.webhook_queue)
 
 
 # The original commands, as documented
@@ -145,6 +146,21 @@ def test_app_create_text_output(cli, settings):
     assert f"app id: {app.app_id}" in lines
     [secret_line] = [line for line in lines if line.startswith("secret: ")]
     assert app.secret_hash == secret_digest(settings.hmac_key, secret_line.removeprefix("secret: "))
+
+
+def test_app_rotate_webhook_secret_prints_the_new_one(cli, settings):
+    cli("user-create --username=ada --email=ada@example.com --passwd=123")
+    made = cli("app-create --app_name=myapp --username=ada --json").json()
+    assert made["webhook_secret"].startswith("whsec_")
+    listed = cli("app-list --json").json()
+    assert all("webhook_secret" not in row for row in listed)
+
+    rotated = cli(f"app-rotate-webhook-secret --app_id={made['app_id']} --json")
+
+    assert rotated.code == 0
+    assert rotated.json()["webhook_secret"].startswith("whsec_")
+    assert rotated.json()["webhook_secret"] != made["webhook_secret"]
+    assert App.get(made["app_id"]).webhook_secret == rotated.json()["webhook_secret"]
 
 
 def test_app_rotate_secret_replaces_the_old_secret(cli, settings, api_client, new_api_process):

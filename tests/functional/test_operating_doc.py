@@ -72,6 +72,9 @@ def test_the_other_commands_in_the_guide_are_ones_the_tests_run() -> None:
             assert '"ssh-keyscan"' in ssh_tests
         elif word == "tail":
             assert '/ "log" / "dispatcher.log"' in ssh_tests
+        elif word == "curl":
+            assert "/metrics" in line
+            assert "opendevelop_runs_total" in (TESTS / "functional" / "test_operations.py").read_text()
         elif word.startswith("OPENDEVELOP_SSH_IDENTITY="):
             assert "OPENDEVELOP_SSH_IDENTITY" in ssh_tests and "-m dispatcher" in line
         else:
@@ -81,7 +84,7 @@ def test_the_other_commands_in_the_guide_are_ones_the_tests_run() -> None:
 def test_every_test_the_guide_names_exists() -> None:
     text = DOC.read_text()
     named = set(re.findall(r"\b(test_[a-z0-9_]+)\b", text)) - {"test_package", "test_ssh", "test_manage"}
-    named -= {"test_operating_doc", "test_deployed_settings"}
+    named -= {"test_operating_doc", "test_deployed_settings", "test_scale_in", "test_operations"}
     assert len(named) >= 10
     sources = all_test_sources()
     for name in named:

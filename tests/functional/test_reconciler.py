@@ -18,7 +18,7 @@ from chalicelib.reconciler import ReconcilerSettings
 from chalicelib.settings import SettingsError
 
 CONFIG = ReconcilerSettings(max_attempts=3, resend_after_s=60, queued_max_s=3600)
-NOTHING = {"dead_lettered": 0, "requeued": 0, "failed": 0, "rerouted": 0, "rewoken": 0, "errors": 0}
+NOTHING = {"dead_lettered": 0, "requeued": 0, "failed": 0, "rerouted": 0, "rewoken": 0, "webhooks": 0, "errors": 0}
 
 
 def create(world) -> str:
@@ -135,7 +135,15 @@ def test_with_no_healthy_server_a_queued_sandbox_waits(world):
 
     report = reconcile(world)
 
-    assert report == {"dead_lettered": 0, "requeued": 0, "failed": 0, "rerouted": 0, "rewoken": 0, "errors": 0}
+    assert report == {
+        "dead_lettered": 0,
+        "requeued": 0,
+        "failed": 0,
+        "rerouted": 0,
+        "rewoken": 0,
+        "webhooks": 0,
+        "errors": 0,
+    }
     row = Sandbox.get(sandbox_id)
     assert (row.status, row.server) == ("queued", "local")
 

@@ -58,8 +58,17 @@ def docker_client() -> Any:
 
 
 @contextmanager
-def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLOTS) -> Iterator[RunningStack]:
+def running_stack(
+    base: Path,
+    name: str,
+    runtime: str = "runc",
+    slots: int = SLOTS,
+    extra_env: dict[str, str] | None = None,
+    webhooks: bool = False,
+) -> Iterator[RunningStack]:
     """A whole local stack (moto, ``chalice local``, one dispatcher) for server ``name``; stopped on exit.
+
+    ``webhooks``: the webhook poller runs too (``infra.local.webhooks``); ``extra_env`` reaches every process.
 
     Tests that kill or disturb things build their own with this, so they never
     disturb the session stack the other tests share.
@@ -71,7 +80,7 @@ def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLO
         state_dir=base / "state",
         log_dir=base / "logs",
         # A short long-poll so the dispatcher's warm stop at teardown takes ~2 s, not 10.
-        extra_env={"OPENDEVELOP_POLL_WAIT": "2"},
+        extra_env={"OPENDEVELOP_POLL_WAIT": "2", **(extra_env or {})},
     )
     try:
         stack.start_aws()
@@ -82,6 +91,9 @@ def running_stack(base: Path, name: str, runtime: str = "runc", slots: int = SLO
             stack.start_api()
             proc = stack.start_dispatcher(name)
             wait_for_text(base / "logs" / f"dispatcher-{name}.log", '"dispatcher.ready"', 30, proc)
+            if webhooks:
+                poller = stack.start_webhooks()
+                wait_for_text(base / "logs" / "webhooks.log", '"webhooks.ready"', 30, poller)
             yield RunningStack(stack, name, demo)
     finally:
         stack.stop_all()

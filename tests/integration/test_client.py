@@ -110,8 +110,11 @@ def test_the_readmes_shell_example_works_as_written(app, workdir):
 def test_make_dev_prints_the_line_that_sets_the_clients_variables():
     from infra.local.dev import BANNER
 
-    shown = BANNER.format(api="http://127.0.0.1:8000", aws="-", logs="-", server="local", app_id="ID", secret="S")
+    shown = BANNER.format(
+        api="http://127.0.0.1:8000", aws="-", logs="-", server="local", app_id="ID", secret="S", webhook_secret="W"
+    )
     assert "export OPENDEVELOP_URL=http://127.0.0.1:8000 OPENDEVELOP_APP_ID=ID OPENDEVELOP_SECRET=S" in shown
+    assert "webhook secret W" in shown
 
 
 # The library
@@ -215,6 +218,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
         "/api/images/{name}",
         "/api/usage",
         "/api/sandboxes",
+        "/api/sandboxes/batch",
         "/api/sandboxes/{sandbox_id}",
         "/api/sandboxes/{sandbox_id}/logs",
         "/api/sandboxes/{sandbox_id}/stdout",

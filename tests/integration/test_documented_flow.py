@@ -104,7 +104,12 @@ def test_make_dev_runs_the_example_and_ctrl_c_stops_everything(
     started: dict[int, str] = {}
     try:
         started = descendants(dev.proc.pid)
-        wanted = ("-m infra.local.moto_local", "-m infra.local.chalice_local local", "-m dispatcher")
+        wanted = (
+            "-m infra.local.moto_local",
+            "-m infra.local.chalice_local local",
+            "-m dispatcher",
+            "-m infra.local.webhooks",
+        )
         kinds = {k for k in wanted if any(k in c for c in started.values())}
         assert kinds == set(wanted), started
 

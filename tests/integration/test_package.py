@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(240)
 
+SCALE_IN_FUNCTIONS = ("HostTerminating", "ScaleInSteps")  # app.host_terminating, app.scale_in_steps
 TABLE_SUFFIXES = {model: model.Meta.suffix for model in models.MODELS}  # type: ignore[attr-defined]
 
 
@@ -192,7 +193,9 @@ def test_every_function_finds_its_tables_bucket_and_key_from_the_stack(template:
         props = function["Properties"]
         assert props["Environment"]["Variables"]["OPENDEVELOP_STAGE"] == "prod", name
         assert "OPENDEVELOP_HMAC_KEY" not in props["Environment"]["Variables"], name  # never a secret in config
-        assert props["Role"] == {"Fn::GetAtt": ["DefaultRole", "Arn"]}, name
+        # The scale-in functions have a role of their own: the API's never deletes a queue.
+        role = "ScaleInRole" if name in SCALE_IN_FUNCTIONS else "DefaultRole"
+        assert props["Role"] == {"Fn::GetAtt": [role, "Arn"]}, name
 
 
 def test_every_schedule_of_app_py_is_in_the_template(template: dict[str, Any]) -> None:
@@ -201,6 +204,19 @@ def test_every_schedule_of_app_py_is_in_the_template(template: dict[str, Any]) -
     functions = resources_of_type(template, "AWS::Serverless::Function").values()
     events = [e for f in functions for e in (f["Properties"].get("Events") or {}).values() if e["Type"] == "Schedule"]
     assert len(events) == schedules
+
+
+def test_the_webhooks_function_consumes_the_templates_webhooks_queue(template: dict[str, Any]) -> None:
+    functions = resources_of_type(template, "AWS::Serverless::Function").values()
+    (event,) = [e for f in functions for e in (f["Properties"].get("Events") or {}).values() if e["Type"] == "SQS"]
+    queue = event["Properties"]["Queue"]
+    queue_text = json.dumps(queue)
+    default_prefix = template["Parameters"]["TablePrefix"]["Default"]
+    assert queue_text.rstrip('"}').endswith(f":{default_prefix}-webhooks"), queue
+    assert event["Properties"]["BatchSize"] == 1
+    hooks = template["Resources"]["WebhooksQueue"]["Properties"]
+    assert hooks["QueueName"] == {"Fn::Sub": "${TablePrefix}-webhooks"}
+    assert int(hooks["VisibilityTimeout"]) > 30  # the function's timeout (.chalice/config.json, prod)
 
 
 def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
@@ -230,9 +246,14 @@ def test_the_api_role_may_do_what_the_api_does_and_no_more(template: dict[str, A
     assert actions >= {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "sqs:SendMessage"}
     assert actions >= {"s3:PutObject", "s3:GetObject", "secretsmanager:GetSecretValue"}
     assert not actions & {"sqs:CreateQueue", "sqs:DeleteQueue", "dynamodb:DeleteTable", "dynamodb:CreateTable"}
-    # The reconciler reads dead letters, and only those: never a live queue's wake-ups.
-    (receive,) = [s for s in statements if "sqs:ReceiveMessage" in s["Action"]]
-    assert receive["Resource"]["Fn::Sub"].endswith("${TablePrefix}-server-*-dlq")
+    # The reconciler reads dead letters, and only those: never a live queue's wake-ups.  The
+    # webhooks function reads the webhooks queue (its event source), and nothing else.
+    dead, webhooks = sorted(
+        (s for s in statements if "sqs:ReceiveMessage" in s["Action"]), key=lambda s: "Fn::Sub" not in s["Resource"]
+    )
+    assert dead["Resource"]["Fn::Sub"].endswith("${TablePrefix}-server-*-dlq")
+    assert webhooks["Resource"] == {"Fn::GetAtt": ["WebhooksQueue", "Arn"]}
+    assert {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"} <= actions  # ?ids= and batches
 
 
 def test_the_dispatchers_policy_never_reaches_users_apps_or_the_key(template: dict[str, Any]) -> None:
@@ -245,6 +266,8 @@ def test_the_dispatchers_policy_never_reaches_users_apps_or_the_key(template: di
     assert "secretsmanager:GetSecretValue" not in actions
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
     assert "${TablePrefix}-server-*" in resources  # its servers' queues, by name prefix
+    (hooks,) = [s for s in statements if s.get("Sid") == "Webhooks"]  # a settle queues a webhook, no more
+    assert sorted(_actions([hooks])) == ["sqs:GetQueueUrl", "sqs:SendMessage"]
     for holder in ("DispatcherRole", "DispatcherUser"):
         assert template["Resources"][holder]["Properties"]["ManagedPolicyArns"] == [{"Ref": "DispatcherPolicy"}]
 
@@ -253,3 +276,61 @@ def test_the_hmac_key_is_generated_by_secrets_manager_and_kept(template: dict[st
     secret = template["Resources"]["HmacKeySecret"]
     assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
     assert secret["DeletionPolicy"] == "Retain"  # losing it would invalidate every app's secret
+
+
+def test_docker_hosts_are_an_auto_scaling_group_with_imdsv2_and_a_scoped_profile(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    launch = resources["DockerHostLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert launch["MetadataOptions"] == {
+        "HttpEndpoint": "enabled",
+        "HttpTokens": "required",
+        "HttpPutResponseHopLimit": 1,
+    }
+    user_data = json.dumps(launch["UserData"])
+    for step in ("release", "host-setup.sh", "-m dispatcher --register-only", "OPENDEVELOP_SERVER=$ID"):
+        assert step in user_data, step
+    assert launch["IamInstanceProfile"] == {"Arn": {"Fn::GetAtt": ["DockerHostInstanceProfile", "Arn"]}}
+    role = resources["DockerHostRole"]["Properties"]
+    assert role["ManagedPolicyArns"] == [{"Ref": "DispatcherPolicy"}, {"Ref": "DockerHostPolicy"}]
+    statements = _statements(resources["DockerHostPolicy"]["Properties"]["PolicyDocument"])
+    actions = _actions(statements)
+    assert actions == {
+        "dynamodb:PutItem",
+        "sqs:CreateQueue",
+        "sqs:SetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:GetQueueAttributes",
+        "s3:GetObject",
+    }
+    for never in ("UsersTable", "AppsTable", "ImagesTable", "HmacKeySecret", "SandboxesTable"):
+        assert never not in _resources_text(statements)
+    group = resources["DockerHostGroup"]["Properties"]
+    assert {group[k]["Ref"] for k in ("MinSize", "MaxSize", "DesiredCapacity")} == {
+        "DockerHostsMin",
+        "DockerHostsMax",
+        "DockerHostsDesired",
+    }
+    (hook,) = group["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hook["HeartbeatTimeout"] > 60  # the steps run every minute and heartbeat it
+    policy = resources["DockerHostScaling"]["Properties"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    metric = policy["TargetTrackingConfiguration"]["CustomizedMetricSpecification"]
+    assert (metric["Namespace"], metric["MetricName"]) == ("OpenDevelop", "BacklogPerFreeSlot")
+
+
+def test_the_scale_in_functions_hear_the_group_and_may_retire_its_hosts_only(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    (event,) = resources["HostTerminating"]["Properties"]["Events"].values()
+    pattern = event["Properties"]["Pattern"]
+    assert pattern["source"] == ["aws.autoscaling"]
+    assert pattern["detail-type"] == ["EC2 Instance-terminate Lifecycle Action"]
+    assert pattern["detail"]["AutoScalingGroupName"] == [{"Fn::Sub": "${TablePrefix}-docker-hosts"}]
+    (policy,) = resources["ScaleInRole"]["Properties"]["Policies"]
+    statements = _statements(policy["PolicyDocument"])
+    actions = _actions(statements)
+    assert {"autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"} <= actions
+    assert {"sqs:DeleteQueue", "dynamodb:DeleteItem"} <= actions
+    assert not [a for a in actions if "*" in a], actions
+    (lifecycle,) = [s for s in statements if "autoscaling:CompleteLifecycleAction" in s["Action"]]
+    assert "autoScalingGroupName/${TablePrefix}-docker-hosts" in lifecycle["Resource"]["Fn::Sub"]

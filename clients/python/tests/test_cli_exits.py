@@ -190,6 +190,15 @@ def test_show_and_cancel(fake, od, capsysbinary):
     assert err == "opendevelop: sandbox a326efb1fe1f980a has already finished (terminated); nothing to cancel\n"
 
 
+def test_run_callback_sends_the_url(fake, od, capsysbinary):
+    script(fake, finished(return_code=0, stdout="hi\n"))
+
+    status, out, _ = od("run", "--callback", "https://hooks.example.com/done", "--", "true", capsys=capsysbinary)
+
+    assert status == 0 and out == b"hi\n"
+    assert fake.requests[0].json()["callback_url"] == "https://hooks.example.com/done"
+
+
 def test_usage_shows_now_today_and_the_limits(fake, od, capsysbinary):
     fake.then(
         200,

@@ -22,8 +22,10 @@ from opendevelop.errors import (
     UnreachableError,
     UnsupportedMediaTypeError,
     WaitTimeoutError,
+    WebhookVerificationError,
 )
 from opendevelop.models import FINAL_STATES, Artifact, Image, Sandbox
+from opendevelop.webhooks import verify_webhook
 
 __version__ = "1.0.0"
 
@@ -49,5 +51,7 @@ __all__ = [
     "UnsafeArtifactError",
     "UnsupportedMediaTypeError",
     "WaitTimeoutError",
+    "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

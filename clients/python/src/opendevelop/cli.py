@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable")
     run.add_argument("--stdin", metavar="FILE", help="give the program this file (- for this stdin) as its stdin")
     run.add_argument("--network", action="store_true", help="network access (if the app may have it)")
+    run.add_argument("--callback", metavar="URL", help="POST the finished sandbox to URL (a signed webhook)")
     run.add_argument("--cmd", action="append", default=[], help="a shell command line (instead of -- COMMAND)")
     run.add_argument("--download", metavar="DIR", help="write the files the program left in out/ into DIR")
     run.add_argument("--json", action="store_true", help="print the finished sandbox as JSON instead")
@@ -198,6 +199,7 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
         stdin=stdin,
         env=env or None,
         network=True if options.network else None,
+        callback_url=options.callback,
         **limits,
     )
     printed: set[str] = set()

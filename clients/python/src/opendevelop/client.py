@@ -148,6 +148,7 @@ class Client:
         stdin: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         network: bool | None = None,
+        callback_url: str | None = None,
         **limits: float,
     ) -> Sandbox:
         """Create a sandbox and queue it; it is returned at once, usually ``queued``.
@@ -156,8 +157,72 @@ class Client:
         only if the one before succeeded).  ``files``: see ``opendevelop.files``.
         ``timeout`` is the program's time limit in seconds; ``limits`` the others
         (``memory_mb``, ``cpus``, ``pids``, ``disk_mb``, ``output_kb``).  Anything
-        left out gets the platform's default.
+        left out gets the platform's default.  ``callback_url``: the platform POSTs
+        the finished sandbox there, signed (check it with ``verify_webhook``).
         """
+        body = self._body(cmd, files, image, timeout, stdin, env, network, callback_url, limits)
+        data = self._json("POST", "/api/sandboxes", json_body=body)
+        return Sandbox.from_json(data, self)
+
+    def create_many(self, requests_: Sequence[Mapping[str, Any]]) -> list[Sandbox | errors.OpenDevelopError]:
+        """Create up to 100 sandboxes in one request (``POST /api/sandboxes/batch``).
+
+        Each item holds ``create``'s arguments as keywords (``{"cmd": ..., "files": ...,
+        "timeout": ...}``).  The answer is in the same order: each a ``Sandbox``, or
+        the error that item got (a ``BadRequestError``, say) -- the others were created.
+        """
+        items = []
+        for item in requests_:
+            given = dict(item)
+            cmd = given.pop("cmd")
+            files = given.pop("files", None)
+            items.append(
+                self._body(
+                    cmd,
+                    files,
+                    image=given.pop("image", "base"),
+                    timeout=given.pop("timeout", None),
+                    stdin=given.pop("stdin", None),
+                    env=given.pop("env", None),
+                    network=given.pop("network", None),
+                    callback_url=given.pop("callback_url", None),
+                    limits=given,
+                )
+            )
+        data = self._json("POST", "/api/sandboxes/batch", json_body={"sandboxes": items})
+        out: list[Sandbox | errors.OpenDevelopError] = []
+        for entry in data["sandboxes"]:
+            if "id" not in entry and isinstance(entry.get("error"), dict):  # a sandbox's own `error` is text
+                out.append(errors.from_item(entry["error"]))
+            else:
+                out.append(Sandbox.from_json(entry, self))
+        return out
+
+    def get_many(self, ids: Sequence[str], wait: float | None = None) -> list[Sandbox]:
+        """Many sandboxes in one request (at most 100), in the order asked; ids that are not the app's are absent.
+
+        With ``wait`` (at most 20 s) the API answers once all have finished or the time is up.
+        """
+        params: dict[str, Any] = {"ids": ",".join(_id(i) for i in ids)}
+        extra = 0.0
+        if wait:
+            extra = min(float(wait), MAX_LONG_POLL_S)
+            params["wait"] = f"{extra:g}"
+        data = self._json("GET", "/api/sandboxes", params=params, extra_time=extra)
+        return [Sandbox.from_json(item, self) for item in data["sandboxes"]]
+
+    def _body(
+        self,
+        cmd: str | Sequence[str],
+        files: FilesArg,
+        image: str,
+        timeout: float | None,
+        stdin: str | bytes | None,
+        env: Mapping[str, str] | None,
+        network: bool | None,
+        callback_url: str | None,
+        limits: Mapping[str, float],
+    ) -> dict[str, Any]:
         lines = [cmd] if isinstance(cmd, str) else [str(line) for line in cmd]
         body: dict[str, Any] = {"image": image, "cmd": lines}
         if timeout is not None:
@@ -168,10 +233,11 @@ class Client:
             body["env"] = dict(env)
         if network is not None:
             body["network"] = bool(network)
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         body.update(limits)
         body["files"] = [_json_file(f.name, f.content, f.executable) for f in collect(files)]
-        data = self._json("POST", "/api/sandboxes", json_body=body)
-        return Sandbox.from_json(data, self)
+        return body
 
     def wait(
         self,
@@ -209,13 +275,24 @@ class Client:
         stdin: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         network: bool | None = None,
+        callback_url: str | None = None,
         max_wait: float | None = None,
         on_update: Callable[[Sandbox], None] | None = None,
         **limits: float,
     ) -> Sandbox:
         """``create`` then ``wait``: the finished sandbox.  A program that fails is a result, not an exception:
         look at ``sandbox.ok``, ``return_code``, ``stderr``."""
-        sandbox = self.create(cmd, files, image=image, timeout=timeout, stdin=stdin, env=env, network=network, **limits)
+        sandbox = self.create(
+            cmd,
+            files,
+            image=image,
+            timeout=timeout,
+            stdin=stdin,
+            env=env,
+            network=network,
+            callback_url=callback_url,
+            **limits,
+        )
         if on_update is not None:
             on_update(sandbox)
         return self.wait(sandbox.id, max_wait, on_update=on_update)

@@ -170,3 +170,19 @@ def from_response(response: Any) -> OpenDevelopError:
         message = text[:300] or response.reason or "no message"
     cls = BY_STATUS.get(response.status_code, ServerError)
     return cls(message, status=response.status_code, code=code, response=response)
+
+
+BY_CODE: dict[str, type[OpenDevelopError]] = {cls.code: cls for cls in BY_STATUS.values()}
+
+
+def from_item(error: Any) -> OpenDevelopError:
+    """The error one item of a batch got (``{"Code", "Message"}``)."""
+    code = str((error or {}).get("Code") or "OpenDevelopError")
+    cls = BY_CODE.get(code, ServerError)
+    return cls(str((error or {}).get("Message") or "no message"), status=cls.status, code=code)
+
+
+class WebhookVerificationError(OpenDevelopError):
+    """A webhook's signature does not match its body, or its headers are missing or too old."""
+
+    code = "WebhookVerificationError"

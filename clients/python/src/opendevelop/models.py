@@ -79,6 +79,8 @@ class Sandbox:
     artifacts: list[Artifact] = field(default_factory=list)
     artifacts_count: int = 0
     artifacts_truncated: bool = False  # some were dropped: over ``artifacts_kb`` (or 10,000 files)
+    # The webhook, when created with ``callback_url``: {"url", "status", "attempts", "last_error"}.
+    callback: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # The client that fetched it, for ``stream`` and ``read``; None for a sandbox made by hand.
     client: Any = field(default=None, repr=False, compare=False)
@@ -141,6 +143,7 @@ class Sandbox:
             finished_at=_time(data.get("finished_at")),
             duration_ms=None if data.get("duration_ms") is None else int(data["duration_ms"]),
             server=data.get("server"),
+            callback=data.get("callback"),
             raw=data,
         )
 
