@@ -18,6 +18,7 @@ from chalice import Chalice, Rate, Response
 from pynamodb.exceptions import PynamoDBException
 
 from chalicelib import (
+    artifacts,
     batches,
     images,
     models,
@@ -205,11 +206,42 @@ def tail_logs(sandbox_id: str) -> Any:
     return sandboxes.tail(get_context().settings, owner, sandbox_id, given["stream"], given["offset"], given["wait"])
 
 
+@app.route("/api/sandboxes/{sandbox_id}/artifacts", methods=["GET"])
+@api_view
+def download_artifacts(sandbox_id: str) -> Any:
+    """The files the program left in out/, as one tar (or a redirect to it)."""
+    return _answer(sandboxes.artifacts_tar(get_context().settings, current_app(), sandbox_id))
+
+
+def _artifact_route(depth: int) -> None:
+    """``/artifacts/{p1}/.../{pN}``: Chalice's local server has no greedy ``{path+}``, so a route per depth."""
+    names = [f"p{i}" for i in range(1, depth + 1)]
+
+    def download_artifact(sandbox_id: str, **parts: str) -> Any:
+        request = app.current_request
+        assert request is not None
+        name = artifacts.file_name([parts[n] for n in names])
+        owner = current_app()
+        got = sandboxes.artifact_file(get_context().settings, owner, sandbox_id, name, request.headers.get("range"))
+        return _answer(got)
+
+    download_artifact.__name__ = f"download_artifact_{depth}"
+    path = "/api/sandboxes/{sandbox_id}/artifacts/" + "/".join("{" + n + "}" for n in names)
+    app.route(path, methods=["GET"])(api_view(download_artifact))
+
+
+for _depth in range(1, artifacts.MAX_DEPTH + 1):
+    _artifact_route(_depth)
+
+
 def _download(sandbox_id: str, stream: str) -> Response:
     request = app.current_request
     assert request is not None
     owner = current_app()
-    got = sandboxes.download(get_context().settings, owner, sandbox_id, stream, request.headers.get("range"))
+    return _answer(sandboxes.download(get_context().settings, owner, sandbox_id, stream, request.headers.get("range")))
+
+
+def _answer(got: Any) -> Response:
     if got.location is not None:
         return Response(body="", status_code=got.status, headers={"Location": got.location})
     return Response(body=got.body, status_code=got.status, headers=got.headers)

@@ -12,8 +12,9 @@ same run:
 * API: ``GET /api/sandboxes/{id}`` and the first page of ``GET /api/sandboxes``
   with 100, 1,000 and 10,000 sandboxes stored, beside the one DynamoDB
   ``Query`` behind the page made directly against the local AWS endpoint;
-* memory: the dispatcher's peak RSS through the throughput runs and through a
-  200 MB output flood;
+* memory: the dispatcher's peak RSS through the throughput runs, through a
+  200 MB output flood, and while a program's artifacts (9,999 tiny files and
+  one of 8 MiB left in ``out/``) are collected and stored;
 * the CPU the local stack's own processes (moto's server, ``chalice local``,
   the dispatcher) take per run during the throughput runs: on one machine it
   is taken from the engine;
@@ -316,6 +317,17 @@ def flood(bench: Bench) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "dispatcher_peak_rss_mb": bench.dispatcher_peak_rss_mb()}
 
 
+def artifacts(bench: Bench) -> dict[str, Any]:
+    script = (
+        "import os\nos.makedirs('out/many')\nfor i in range(9999): open(f'out/many/{i}', 'w').write('x')\n"
+        "open('out/big.bin', 'wb').write(os.urandom(8 << 20))\n"
+    )
+    started = time.perf_counter()
+    done = bench.wait(bench.submit('["python art.py"]', {"art.py": script}, artifacts_kb="10240"))
+    assert done.get("artifacts_count") == 10000, (done["status"], done.get("artifacts_count"))
+    return {"seconds": time.perf_counter() - started, "dispatcher_peak_rss_mb": bench.dispatcher_peak_rss_mb()}
+
+
 def machine() -> dict[str, Any]:
     info = docker.from_env().info()
     return {
@@ -384,6 +396,12 @@ def table(result: dict[str, Any]) -> str:
             f"200 MB flood: {f['seconds']:.1f} s, dispatcher peak RSS {f['dispatcher_peak_rss_mb']:.0f} MB "
             "(target <= 150 MB)",
         ]
+    if "artifacts" in result:
+        a = result["artifacts"]
+        lines.append(
+            f"artifacts (9,999 tiny files + 8 MiB): {a['seconds']:.1f} s, "
+            f"dispatcher peak RSS {a['dispatcher_peak_rss_mb']:.0f} MB"
+        )
     return "\n".join(lines)
 
 
@@ -393,7 +411,7 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--throughput-runs", type=int, default=200)
     parser.add_argument("--stack", choices=["moto", "persistent"], default="moto", help="the AWS endpoints")
-    parser.add_argument("--parts", default="api,latency,throughput,flood,restart", help="which measurements")
+    parser.add_argument("--parts", default="api,latency,throughput,flood,artifacts,restart", help="which measurements")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if args.quick:
@@ -423,6 +441,10 @@ def main() -> int:
                 print(f"[{args.stack}] 200 MB output flood ...", flush=True)
                 bench.start_dispatcher(2)
                 result["flood"] = flood(bench)
+            if "artifacts" in parts:
+                print(f"[{args.stack}] artifacts: 9,999 tiny files and one of 8 MiB ...", flush=True)
+                bench.start_dispatcher(2)
+                result["artifacts"] = artifacts(bench)
         finally:
             bench.stack.stop_all()
     out_dir = ROOT / "bench" / "results"

@@ -236,7 +236,7 @@ class Sandbox(_Base):
     image = UnicodeAttribute()
     docker_image = UnicodeAttribute()
     cmd = ListAttribute(of=UnicodeAttribute)
-    # Resource limits of this run: timeout, memory_mb, cpus, pids, disk_mb, output_kb.
+    # Resource limits of this run: timeout, memory_mb, cpus, pids, disk_mb, output_kb, artifacts_kb.
     limits = JSONAttribute(default=dict)
     env = JSONAttribute(default=dict)
     network = BooleanAttribute(default=False)
@@ -267,6 +267,14 @@ class Sandbox(_Base):
     inline_truncated = BooleanAttribute(default=False)  # some stream is longer than its inline text
     output_gone = BooleanAttribute(default=False)  # a download found a stored stream missing
     output_key = UnicodeAttribute(null=True)  # rows written before per-stream output: one JSON object
+    # The files the program left in out/ (see ``chalicelib.artifacts``): the totals, the first
+    # entries ``[name, size, offset]``, and the S3 prefix of the run that stored them.
+    artifacts = JSONAttribute(null=True)
+    artifacts_count = NumberAttribute(null=True)
+    artifacts_bytes = NumberAttribute(null=True)
+    artifacts_truncated = BooleanAttribute(default=False)
+    artifacts_skipped = NumberAttribute(null=True)
+    artifacts_key = UnicodeAttribute(null=True)
     timed_out = BooleanAttribute(default=False)
     oom_killed = BooleanAttribute(default=False)
     output_truncated = BooleanAttribute(default=False)

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.artifacts import MAX_DEPTH
 from chalicelib.output import DOWNLOADS
 from chalicelib.params import QUERY
 from chalicelib.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
+
+
+def artifact_path(depth: int) -> str:
+    """The route of an artifact ``depth`` parts deep (app.py has one per depth: no greedy path locally)."""
+    return "/api/sandboxes/{sandbox_id}/artifacts/" + "/".join(f"{{p{i}}}" for i in range(1, depth + 1))
+
+
 API_VERSION = "1.0.0"
 
 # The operations the API serves: (path, method) -> the statuses it may answer with.
@@ -44,6 +52,11 @@ OPERATIONS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/sandboxes/{sandbox_id}/logs", "GET"): (200, 400, 401, 404, 410, 415, 503),
     ("/api/sandboxes/{sandbox_id}/stdout", "GET"): (200, 206, 307, 400, 401, 404, 410, 415, 416, 503),
     ("/api/sandboxes/{sandbox_id}/stderr", "GET"): (200, 206, 307, 400, 401, 404, 410, 415, 416, 503),
+    ("/api/sandboxes/{sandbox_id}/artifacts", "GET"): (200, 307, 400, 401, 404, 409, 410, 415, 503),
+    **{
+        (artifact_path(depth), "GET"): (200, 206, 307, 400, 401, 404, 409, 410, 415, 416, 503)
+        for depth in range(1, MAX_DEPTH + 1)
+    },
 }
 
 
@@ -218,6 +231,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             },
         },
         **{(f"/api/sandboxes/{{sandbox_id}}/{stream}", "GET"): _download_operation(stream) for stream in DOWNLOADS},
+        **_artifact_operations(),
     }
 
 
@@ -248,6 +262,47 @@ def _download_operation(stream: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def _artifact_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    not_yet = {"description": "The sandbox has not finished: artifacts are collected when its program ends."}
+    tar = {
+        "operationId": "getArtifacts",
+        "summary": "The files the program left in out/, as one tar (names relative to out/)",
+        "parameters": [_sandbox_id_parameter()],
+        "responses": {
+            "200": {
+                "description": "A tar (an empty one when there are no artifacts).",
+                "content": {
+                    "application/x-tar": {"schema": {"type": "string", "contentMediaType": "application/x-tar"}}
+                },
+            },
+            "307": {
+                "description": "The `Location` is a short-lived URL of the stored tar. Send no credentials there.",
+                "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+            },
+            "409": {**_error_response(409), **not_yet},
+        },
+    }
+    operations = {("/api/sandboxes/{sandbox_id}/artifacts", "GET"): tar}
+    for depth in range(1, MAX_DEPTH + 1):
+        one = _download_operation("artifact")
+        parts = [
+            {"name": f"p{i}", "in": "path", "required": True, "schema": {"type": "string"}, "description": ""}
+            for i in range(1, depth + 1)
+        ]
+        for part in parts:
+            part["description"] = "The artifact's name, one folder (or the file) per part: `out/a/b.txt` is `a/b.txt`."
+        one["operationId"] = f"getArtifact{depth}"
+        one["summary"] = f"One artifact's bytes ({depth} part{'s' if depth > 1 else ''} deep)"
+        one["parameters"] = [one["parameters"][0], *parts, one["parameters"][1]]
+        one["responses"] = {
+            **one["responses"],
+            "404": {**_error_response(404), "description": "No such sandbox, or it has no such artifact."},
+            "409": {**_error_response(409), **not_yet},
+        }
+        operations[(artifact_path(depth), "GET")] = one
+    return operations
 
 
 def document(settings: Settings) -> dict[str, Any]:

@@ -35,6 +35,8 @@ _LIMIT_DOCS = {
     "pids": "Most processes and threads at once.",
     "disk_mb": "Size of the working folder (a tmpfs), in MiB.",
     "output_kb": "Output kept per stream, in KiB; beyond it the output is cut (`output_truncated`).",
+    "artifacts_kb": "Content kept of the files the program leaves in `out/`, in KiB; files beyond it are "
+    "dropped (`artifacts_truncated`).",
 }
 
 _CMD_DOC = (
@@ -223,6 +225,31 @@ def _sandbox_schema(settings: Settings) -> dict[str, Any]:
         "output_gone": {
             "type": "boolean",
             "description": "The stored output has expired or was deleted; the downloads answer 410.",
+        },
+        "artifacts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "size"],
+                "properties": {"name": {"type": "string"}, "size": {"type": "integer", "minimum": 0}},
+            },
+            "description": "The files the program left in `out/` (regular files only, names relative to `out/`): "
+            "the first 100 (10 in a list page) of `artifacts_count`. Each is at `/artifacts/{name}`, all of "
+            "them at `/artifacts` as one tar.",
+        },
+        "artifacts_count": {"type": "integer", "minimum": 0, "description": "How many files were kept."},
+        "artifacts_bytes": {"type": "integer", "minimum": 0, "description": "Their total size."},
+        "artifacts_truncated": {
+            "type": "boolean",
+            "description": "Files were dropped: `artifacts_kb` or the 10,000 files were reached (or the tar was "
+            "cut at the deadline).",
+        },
+        "artifacts_skipped": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Entries of `out/` not kept because they are not regular files (symlinks, hard "
+            "links, devices, fifos) or their names are not allowed (as for uploads; at most 8 parts, like "
+            "`a/b/c/d/e/f/g/h.txt`).",
         },
         "error": _nullable({"type": "string", "description": "Why the platform failed (status `error`)."}),
         "files": {"type": "integer", "minimum": 0, "description": "How many files were uploaded."},

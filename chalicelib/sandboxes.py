@@ -15,7 +15,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, lifecycle, output, quotas, webhooks
+from chalicelib import artifacts, aws, lifecycle, output, quotas, webhooks
 from chalicelib.auth import parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -216,7 +216,7 @@ def show(settings: Settings, sb: Sandbox) -> dict[str, Any]:
 
 def show_many(settings: Settings, rows: list[Sandbox]) -> list[dict[str, Any]]:
     """Sandboxes as JSON, in order, each stream cut to ``output.LIST_PREVIEW_BYTES``: a page never reads S3."""
-    return [to_json(sb, inline_bytes=output.LIST_PREVIEW_BYTES) for sb in rows]
+    return [to_json(sb, inline_bytes=output.LIST_PREVIEW_BYTES, listed=artifacts.LIST_PAGE_LISTED) for sb in rows]
 
 
 def download(settings: Settings, app: App, sandbox_id: str, stream: str, range_header: str | None) -> output.Download:
@@ -230,6 +230,18 @@ def download(settings: Settings, app: App, sandbox_id: str, stream: str, range_h
         except PynamoDBException as e:
             log(logger, "sandbox.output_gone_unrecorded", logging.WARNING, sandbox_id=sandbox_id, error=describe(e))
         raise
+
+
+def artifacts_tar(settings: Settings, app: App, sandbox_id: str) -> output.Download:
+    """All the sandbox's artifacts as one tar (or a redirect to it); 409 while it has not finished."""
+    return artifacts.tar_download(settings, get(app, sandbox_id))
+
+
+def artifact_file(
+    settings: Settings, app: App, sandbox_id: str, name: str, range_header: str | None
+) -> output.Download:
+    """One artifact's bytes (or a redirect to them); 404 when the sandbox has no such artifact."""
+    return artifacts.file_download(settings, get(app, sandbox_id), name, range_header)
 
 
 # How often a held live tail looks for new output, and (in polls) re-reads the row.
@@ -281,13 +293,14 @@ def _iso(dt: Any) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES) -> dict[str, Any]:
+def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES, listed: int = artifacts.LISTED) -> dict[str, Any]:
     """A sandbox as the API shows it: the original fields first, then ours.  No I/O.
 
     ``stdout``, ``stderr`` and ``logs`` are text of at most ``inline_bytes``
     each; ``stdout_bytes`` and ``stderr_bytes`` are the streams' full sizes and
     ``inline_truncated`` says some text is shorter than its stream (the whole is
-    at ``/stdout``, ``/stderr``).
+    at ``/stdout``, ``/stderr``).  ``artifacts`` lists at most ``listed`` of the
+    ``artifacts_count`` files (all of them are in ``/artifacts``).
     """
     stdout, cut_out = output.clip(sb.stdout, inline_bytes)
     stderr, cut_err = output.clip(sb.stderr, inline_bytes)
@@ -315,6 +328,7 @@ def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES) -> dict[str, 
         "logs_bytes": _size(sb.logs_bytes, sb.logs),
         "inline_truncated": bool(sb.inline_truncated) or cut_out or cut_err or cut_logs,
         "output_gone": bool(sb.output_gone),
+        **artifacts.to_json(sb, listed),
         "error": sb.error,
         "files": int(sb.file_count or 0),
         "created_at": _iso(sb.created_at),

@@ -198,6 +198,7 @@ _LIMIT_DEFAULTS: dict[str, tuple[float, float, float, bool]] = {
     "pids": (128, 1024, 16, True),
     "disk_mb": (64, 1024, 1, True),  # the working folder's tmpfs
     "output_kb": (64, 10240, 1, True),  # per stream
+    "artifacts_kb": (1024, 10240, 1, True),  # the content of the files kept from out/
 }
 
 

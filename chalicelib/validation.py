@@ -31,7 +31,7 @@ from chalicelib.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaTyp
 from chalicelib.files import UploadedFile, check_tree, clean_name
 from chalicelib.settings import Settings
 
-LIMIT_FIELDS = ("timeout", "memory_mb", "cpus", "pids", "disk_mb", "output_kb")
+LIMIT_FIELDS = ("timeout", "memory_mb", "cpus", "pids", "disk_mb", "output_kb", "artifacts_kb")
 TEXT_FIELDS = ("image", "cmd", "stdin", "env", "network", "callback_url", *LIMIT_FIELDS)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV = 64

@@ -9,6 +9,8 @@ its stdin.  That works the same for a local engine and an ``ssh://`` one.
 
 Output is read from the attach stream as it comes, kept up to the cap per
 stream and counted beyond it, so a flood costs the dispatcher a fixed buffer.
+What follows the run's artifacts marker on stdout is not output: it goes to
+``dispatcher.artifacts`` (see there).
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dispatcher.artifacts import Splitter
 from dispatcher.engine import RunSpec
 
 READ_CHUNK = 64 * 1024
 
 
-def stdin_for(spec: RunSpec, payload: bytes) -> bytes:
-    """What the prologue reads: the header, the command (environment first), then the tar and stdin."""
+def stdin_for(spec: RunSpec, payload: bytes, nonce: str = "") -> bytes:
+    """What the prologue reads: the header, the command (environment first), then the tar and stdin.
+
+    ``nonce``: the run's artifacts marker (``dispatcher.artifacts``); "" collects none."""
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
     script = (exports + " && ".join(spec.cmd)).encode()
-    return f"{spec.files_bytes} {len(script)}\n".encode() + script + payload
+    return f"{spec.files_bytes} {len(script)} {nonce}\n".encode() + script + payload
 
 
 def send_input(raw: Any, payload: bytes, program_at: int = 0, on_program: Callable[[], None] | None = None) -> None:
@@ -63,8 +68,9 @@ class Capture:
     kept in memory (the bench, the tests' engines).
     """
 
-    def __init__(self, cap: int, folder: Path | None = None) -> None:
+    def __init__(self, cap: int, folder: Path | None = None, splitter: Splitter | None = None) -> None:
         self.cap = cap
+        self.splitter = splitter  # takes the artifacts (after their marker) out of stdout
         self.sizes = {1: 0, 2: 0}
         self.kept = {1: bytearray(), 2: bytearray()}
         self.logs = bytearray()
@@ -76,8 +82,13 @@ class Capture:
             self.log_file = open(folder / "logs", "wb", buffering=0)  # noqa: SIM115
 
     def add(self, stream: int, data: bytes) -> None:
+        if stream == 1 and self.splitter is not None:
+            data = self.splitter.feed(data)  # all of stdout, past the cap too: the marker comes last
+        self._keep(stream, data)
+
+    def _keep(self, stream: int, data: bytes) -> None:
         size = self.sizes.get(stream)
-        if size is None:
+        if size is None or not data:
             return
         room = self.cap - size
         if room <= 0:
@@ -95,6 +106,9 @@ class Capture:
             self.logs += data
 
     def close(self) -> None:
+        if self.splitter is not None:
+            self._keep(1, self.splitter.finish())
+            self.splitter = None
         for f in [*self.files.values(), *([self.log_file] if self.log_file else [])]:
             f.close()
 

@@ -26,13 +26,20 @@ WORKDIR = "/sandbox"
 LABEL_SANDBOX = "opendevelop.sandbox"
 LABEL_SERVER = "opendevelop.server"
 LABEL_POOL = "opendevelop.pool"
-# stdin: "<tar bytes> <command bytes>\n", the command, the tar, then the program's own stdin.
+# stdin: "<tar bytes> <command bytes> <nonce>\n", the command, the tar, then the program's own stdin.
 # `read` takes the header line byte by byte and `head -c` reads exactly what it is asked, so
-# whatever follows is the program's own.
+# whatever follows is the program's own.  When the program ends and left a folder `out` (not a
+# symlink), the prologue kills what the program left running (only as the container's first child,
+# whose parent is the init: never on a host), waits for it to go, and writes the marker line and a
+# tar of `out` on stdout: the artifacts, read by ``dispatcher.artifacts`` from the stream.
 PROLOGUE = (
-    'read -r n m || exit 125; c=$(head -c "$m") || exit 125; '
+    'read -r n m k || exit 125; c=$(head -c "$m") || exit 125; '
     'if [ "$n" -gt 0 ]; then head -c "$n" | tar -x -m -f - -C ' + WORKDIR + " || exit 125; fi; "
-    "cd " + WORKDIR + ' && exec /bin/sh -c "$c"'
+    "cd " + WORKDIR + ' || exit 125; /bin/sh -c "$c"; r=$?; '
+    'if [ -n "$k" ] && [ -d out ] && [ ! -L out ]; then '
+    'if [ "$PPID" = 1 ]; then kill -9 -1 2>/dev/null; i=0; '
+    "while [ $i -lt 200 ] && kill -0 -1 2>/dev/null; do i=$((i+1)); sleep 0.01; done; fi; "
+    'printf \'\\036OD-ARTIFACTS %s %s\\n\' "$k" "$r"; tar -c -f - out 2>/dev/null; fi; exit $r'
 )
 _RUN_NAME = re.compile(r"^/?od-([0-9a-zA-Z]+)$")  # od-<sandbox id>; spares are od-spare-<hex>
 

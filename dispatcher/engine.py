@@ -56,6 +56,7 @@ class RunSpec:
     disk_mb: int
     output_bytes: int
     files_bytes: int = 0
+    artifacts_bytes: int = 1024 * 1024  # content kept of the files the program leaves in out/
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
     # Where the output goes as it comes (files stdout, stderr, logs; see ``attach.Capture``); None: kept in memory.
@@ -87,6 +88,11 @@ class RunResult:
     # When set, the output is the files ``stdout``, ``stderr`` and ``logs`` of this folder (the three
     # bytes fields are then empty): the dispatcher never holds a whole output in memory.
     output_dir: Path | None = None
+    # The files the program left in out/, kept in ``output_dir`` (see ``dispatcher.artifacts``).
+    artifacts_count: int = 0
+    artifacts_bytes: int = 0
+    artifacts_truncated: bool = False
+    artifacts_skipped: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ so the API can answer downloads and the live tail (``/logs?offset=``) before
 the run ends.  A tick writes at most one chunk per stream of at most
 ``CHUNK_BYTES``: a run costs at most 12 writes a second and one chunk of
 memory, however fast its program writes; a flood is stored whole from the
-spool when the run ends anyway (``pipeline._result``), and the chunks are
+spool when the run ends anyway (``result.attributes``), and the chunks are
 deleted once the result is recorded.
 """
 

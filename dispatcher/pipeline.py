@@ -8,7 +8,7 @@ over its successor.  The container is removed only after the result is
 written: removing it is not on the path to the client seeing it.
 
 The output never passes through memory whole: the engine writes it into the
-run's spool folder as it comes, and ``_result`` uploads from there each stream
+run's spool folder as it comes, and ``result.attributes`` uploads from there each stream
 the row's 64 KiB of text does not hold exactly (see ``chalicelib.output``).
 A transient DynamoDB or S3 failure is retried in place (see ``retry``); a
 failure of the run is classified and settled (see ``outcome``).
@@ -16,6 +16,7 @@ failure of the run is classified and settled (see ``outcome``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws, lifecycle, output
+from chalicelib import aws, lifecycle
 from chalicelib.errors import Unavailable
 from chalicelib.logs import log, log_exception
 from chalicelib.models import App, DockerServer, Sandbox
@@ -35,6 +36,7 @@ from dispatcher.inbox import Inbox
 from dispatcher.live import Live, forget
 from dispatcher.metrics import Metrics, outcome_of
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
+from dispatcher.result import attributes, sizes
 from dispatcher.retry import Retry, transient
 from dispatcher.settings import DispatcherSettings
 from dispatcher.spool import Spool
@@ -66,6 +68,7 @@ def spec_of(sandbox: Sandbox) -> RunSpec:
             pids=int(limits.get("pids", 128)),
             disk_mb=int(limits.get("disk_mb", 64)),
             output_bytes=int(limits.get("output_kb", 64)) * 1024,
+            artifacts_bytes=int(limits.get("artifacts_kb", 1024)) * 1024,
             files_bytes=int(sandbox.files_bytes or 0),
             env=dict(sandbox.env or {}),
             network=bool(sandbox.network),
@@ -316,7 +319,7 @@ class Pipeline:
             self.spool.keep(sandbox_id, token, result)  # an engine that kept the output in memory
         while True:
             try:
-                actions = self._result(sandbox_id, result)
+                actions = self._result(sandbox_id, token, result)
                 # The result is real: keep trying to write it through a DynamoDB outage.
                 won = self.retry(
                     "recording the result",
@@ -344,41 +347,14 @@ class Pipeline:
             return_code=result.return_code,
             timed_out=result.timed_out,
             oom_killed=result.oom_killed,
-            **_sizes(result),
+            **sizes(result),
             duration_ms=int(result.duration_s * 1000),
         )
         return True
 
-    def _result(self, sandbox_id: str, result: RunResult) -> list[Action]:
-        """The row's result attributes; a stream the row's text does not hold exactly is uploaded."""
-        actions: list[Action] = [
-            Sandbox.return_code.set(result.return_code),
-            Sandbox.timed_out.set(result.timed_out),
-            Sandbox.oom_killed.set(result.oom_killed),
-            Sandbox.output_truncated.set(result.output_truncated),
-            Sandbox.files_inline.remove(),  # done with: keeps finished rows (and list pages) small
-            Sandbox.output_key.remove(),
-        ]
-        folder = result.output_dir
-        assert folder is not None  # ``record`` spooled it
-        objects: list[str] = []
-        cut = False
-        for stream in output.STREAMS:
-            path = folder / stream
-            size = path.stat().st_size if path.exists() else 0
-            head = _head(path, output.PREVIEW_BYTES + 1)
-            text, whole = output.preview(head[: output.PREVIEW_BYTES])
-            exact = size <= output.PREVIEW_BYTES and whole and _utf8(head)
-            cut = cut or size > output.PREVIEW_BYTES or not whole
-            if size and not exact:
-                self._upload(sandbox_id, output.key(sandbox_id, stream), path)
-                objects.append(stream)
-            attribute = getattr(Sandbox, stream)
-            actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
-            actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
-        actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
-        actions.append(Sandbox.inline_truncated.set(cut))
-        return actions
+    def _result(self, sandbox_id: str, token: str, result: RunResult) -> list[Action]:
+        """The row's result attributes; what the row does not hold is uploaded first (see ``result``)."""
+        return attributes(sandbox_id, token, result, functools.partial(self._upload, sandbox_id))
 
     def _upload(self, sandbox_id: str, key: str, path: Path) -> None:
         try:
@@ -424,28 +400,3 @@ class Pipeline:
 
     def _settle(self, sandbox: Sandbox, leaving: Condition, failure: Failure) -> Settled:
         return settle(sandbox, leaving, failure, self.config.max_attempts, self.retry, self.server)
-
-
-def _head(path: Path, n: int) -> bytes:
-    if not path.exists():
-        return b""
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _sizes(result: RunResult) -> dict[str, int]:
-    """Each stream's size, for the log (never its content)."""
-    folder = result.output_dir
-    sizes = {}
-    for stream in ("stdout", "stderr"):
-        path = folder / stream if folder else None
-        sizes[f"{stream}_bytes"] = path.stat().st_size if path and path.exists() else len(getattr(result, stream))
-    return sizes

@@ -1,27 +1,24 @@
-"""The Docker engine, behind ``dispatcher.engine.Engine``: the only part of the dispatcher that knows Docker.
+"""The Docker engine behind ``dispatcher.engine.Engine`` (with ``kills``, ``health``, ``docker_errors``).
 
 A run gets a fresh container configured by ``container.configure`` (or a
 spare of the same configuration, see ``pool``), attaches to it, feeds it its
 input and reads its output (see ``attach``), and kills it at the timeout.  The
 engine keeps no output (its log driver is ``none``).
 
-Here too is what only Docker can say, turned into the dispatcher's terms:
-
-* whether the engine answers (``healthy``, a ping);
-* what an exit code means: 137 with ``OOMKilled`` is the memory limit, and a
-  137/143 exit that the dispatcher did not cause (a ``kill``/``stop`` event
-  whose signal is not its own SIGKILL) is the engine or an operator stopping
-  the container, reported as ``RunResult.stopped_by``;
-* transport and API errors, raised again as ``EngineUnavailable`` (the engine
-  could not be reached) or ``PlatformError``, ``from`` the original.
+What only Docker can say is turned into the dispatcher's terms beside it:
+whether the engine answers and can make containers (``health``); the kills,
+the watchdog's deadline and who else stopped a container (``kills``: a 137/143
+exit the dispatcher did not cause is ``RunResult.stopped_by``); 137 with
+``OOMKilled`` is the memory limit (here); transport and API errors
+(``docker_errors``: ``EngineUnavailable`` or ``PlatformError``, ``from`` the
+original).  The files a program leaves in ``out/`` come off its stdout
+(``artifacts``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import re
 import secrets
 import threading
 import time
@@ -29,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from chalicelib.logs import log
-from dispatcher import watchdog
+from dispatcher import artifacts, watchdog
 from dispatcher.attach import Capture, demux, send_input, stdin_for
 from dispatcher.container import (
     LABEL_POOL,
@@ -46,51 +42,15 @@ from dispatcher.container import (
     run_name,
     sandbox_of,
 )
-from dispatcher.engine import EngineBroken, EngineUnavailable, Leftover, NotStarted, PlatformError, RunResult, RunSpec
+from dispatcher.docker_errors import SIGNALLED, exit_code, translated
+from dispatcher.engine import EngineBroken, Leftover, NotStarted, PlatformError, RunResult, RunSpec
+from dispatcher.health import Health
+from dispatcher.kills import Kills
 from dispatcher.pool import Pool
 
 __all__ = ["LABEL_POOL", "LABEL_SANDBOX", "LABEL_SERVER", "Runner", "RunResult", "RunSpec"]
 
 logger = logging.getLogger("opendevelop.dispatcher")
-
-# Exit codes of a container ended by a signal: SIGKILL (the timeout, a cancel, the OOM killer,
-# or someone outside), SIGTERM (only ever someone outside: the dispatcher sends SIGKILL).
-SIGNALLED = (137, 143)
-MIN_FREE_MB = 64  # an engine whose data root has less free takes no new work (a container needs room)
-
-
-def _engine_gone(e: BaseException | None) -> bool:
-    """Whether the engine could not be reached (docker-py talks HTTP through ``requests``).
-
-    A pooled connection can still answer a ping while a stopping engine has
-    already closed its socket, so the failure itself is the better witness.
-    """
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, requests.exceptions.ConnectionError):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def translated(e: Exception) -> Exception:
-    """The dispatcher's own error for an engine's: raise the answer ``from e``."""
-    if _engine_gone(e):
-        return EngineUnavailable(f"{type(e).__name__}: {e}")
-    if isinstance(e, PlatformError):
-        return e
-    if isinstance(e, DockerException):
-        return PlatformError(f"docker: {e}")
-    if isinstance(e, requests.exceptions.RequestException):
-        return PlatformError(f"{type(e).__name__}: {e}")
-    return e  # not the engine's: the dispatcher reports it as unexpected
-
-
-def _exit_code(container: dict[str, Any]) -> int | None:
-    """The exit code a listed container's status line gives ("Exited (137) 5 seconds ago")."""
-    match = re.match(r"^Exited \((-?\d+)\)", str(container.get("Status") or ""))
-    return int(match.group(1)) if match else None
 
 
 class Runner:
@@ -121,9 +81,8 @@ class Runner:
         self._start_lock = threading.Lock()
         self.pool = Pool(self.start_spare, self.remove, pool_size, server=server)
         self._last_shape: Shape | None = None
-        self._ours: set[str] = set()  # containers (ids or names) this runner killed itself
-        self.broken = ""  # the last failure to make a container, "" once one is made again
-        self._root: str | None = None  # the engine's data root, when it is on this host
+        self.health = Health(client)
+        self.kills = Kills(client, server, spool)
 
     # Engine: background work and health
 
@@ -140,42 +99,11 @@ class Runner:
         self.pool.resume()
 
     def probe(self) -> str:
-        """Make (and remove) a container of the last shape run: "" when that works, else why not.
-
-        Without a failure seen (``broken``, set by any failed create: a run's, or the pool's
-        refill) it answers at once, so the heartbeat may ask every time."""
-        full = self._disk_full()
-        if full:
-            self.broken = full
-            return full
-        if not self.broken or self._last_shape is None:
-            return self.broken
-        try:
-            cid = self._create(self._last_shape, f"od-probe-{secrets.token_hex(6)}", {LABEL_POOL: "probe"})
-        except Exception as e:  # noqa: BLE001 - the answer is the point
-            return f"{type(e).__name__}: {e}"[:300]
-        self.remove(cid)
-        return ""
-
-    def _disk_full(self) -> str:
-        """For an engine on this host: its data root's free space, read directly (one statvfs)."""
-        try:
-            if self._root is None:
-                self._root = str(self.api.info().get("DockerRootDir") or "")
-            if not self._root or not os.path.isdir(self._root):
-                return ""  # a remote engine: its create failures say it
-            stat = os.statvfs(self._root)
-        except Exception:  # noqa: BLE001 - no answer is no verdict; the next create will tell
-            return ""
-        free_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
-        return f"the engine's disk is full ({free_mb} MB free in {self._root})" if free_mb < MIN_FREE_MB else ""
+        """Whether the engine can make a container now: "" when it can, else why not (see ``health``)."""
+        return self.health.probe(self._last_shape, self._create, self.remove)
 
     def healthy(self) -> bool:
-        try:
-            self.api.ping()
-            return True
-        except Exception:  # noqa: BLE001 - any failure means the same here
-            return False
+        return self.health.healthy()
 
     # Images
 
@@ -223,7 +151,7 @@ class Runner:
             if e.status_code != 409:
                 # The image is there and the engine answered: it cannot make containers (its disk is
                 # full, its store broken).  Not the sandbox's fault; the server says so and waits.
-                self.broken = f"creating a container: {e.explanation or e}"[:300]
+                self.health.broken = f"creating a container: {e.explanation or e}"[:300]
                 raise EngineBroken(f"creating the container: {e.explanation or e}") from e
             # A container of that name survives from an earlier attempt: it is stale by definition.
             self.remove(name)
@@ -233,7 +161,7 @@ class Runner:
                 raise PlatformError(f"creating the container: {e2}") from e2
         with self._lock:
             self.live.add(cid)
-        self.broken = ""
+        self.health.broken = ""
         return cid
 
     def create(self, spec: RunSpec) -> str:
@@ -288,7 +216,7 @@ class Runner:
                 cid = self.create(spec)
             result = self._run(cid, spec, payload, running)
             if result.return_code in SIGNALLED and not result.timed_out and not result.oom_killed:
-                result.stopped_by = self._stopped_from_outside(cid, since)
+                result.stopped_by = self.kills.stopped_from_outside(cid, since)
             return result
         except Exception as e:
             if cid:
@@ -320,7 +248,10 @@ class Runner:
     def _run(self, cid: str, spec: RunSpec, payload: bytes, running: bool = False) -> RunResult:
         sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
-        capture = Capture(spec.output_bytes, spec.output_dir)
+        nonce = artifacts.new_nonce()
+        collector = artifacts.Collector(spec.output_dir, spec.artifacts_bytes)
+        splitter = artifacts.Splitter(nonce, collector)
+        capture = Capture(spec.output_bytes, spec.output_dir, splitter)
         timed_out = threading.Event()
         deadline: threading.Thread | None = None
         started = time.monotonic()
@@ -328,24 +259,24 @@ class Runner:
             raw.settimeout(spec.timeout_s + 60)  # a backstop only: the kill below ends the stream
             self._start(cid, spec, running)
             started = time.monotonic()
-            killer = threading.Timer(spec.timeout_s, self._kill_on_timeout, (cid, timed_out))
+            killer = threading.Timer(spec.timeout_s, self.kills.on_timeout, (cid, timed_out))
             killer.daemon = True
             killer.start()
             if self.spool is not None:
                 # Off the program's path: the deadline holds even if this process stops.
-                deadline = threading.Thread(target=self._leave_deadline, args=(cid, spec), daemon=True)
+                deadline = threading.Thread(target=self.kills.leave_deadline, args=(cid, spec), daemon=True)
                 deadline.start()
-            data = stdin_for(spec, payload)
+            data = stdin_for(spec, payload, nonce)
             # Everything but the program's own stdin: once written, the program may have started.
             program_at = len(data) - (len(payload) - spec.files_bytes)
-            on_program = functools.partial(self._program_started, spec.sandbox_id)
+            on_program = functools.partial(self.kills.program_started, spec.sandbox_id)
             writer = threading.Thread(target=send_input, args=(raw, data, program_at, on_program), daemon=True)
             writer.start()
             try:
                 demux(raw, capture)
             except TimeoutError:
                 timed_out.set()
-                self._kill(cid)
+                self.kills.kill(cid)
             finally:
                 killer.cancel()
         finally:
@@ -360,7 +291,12 @@ class Runner:
             deadline.join(5)
             watchdog.clear(self.spool or Path(), cid)
         code = int(status.get("StatusCode", -1))
-        if code in SIGNALLED and duration >= spec.timeout_s:
+        if splitter.status is not None:
+            # The program ended on its own (the prologue said so, with its status, before its files):
+            # a kill after that (its deadline passed while its files were read) is not its result.
+            code = splitter.status
+            timed_out.clear()
+        elif code in SIGNALLED and duration >= spec.timeout_s:
             # Killed at or past its time limit, whoever killed it (the watchdog, while this process
             # was stopped, say): the time limit's result, never a failure to run it again.
             timed_out.set()
@@ -378,71 +314,16 @@ class Runner:
             duration_s=duration,
             container_id=cid,
             output_dir=spec.output_dir,
+            artifacts_count=collector.count,
+            artifacts_bytes=collector.bytes,
+            artifacts_truncated=collector.truncated,
+            artifacts_skipped=collector.skipped,
         )
-
-    def _stopped_from_outside(self, cid: str, since: float) -> str:
-        """Why the engine (shutting down, say) or an operator signalled the container; "" when nobody did.
-
-        The dispatcher itself only ever sends SIGKILL (timeout, cancel, stop), and
-        a program that kills itself leaves no ``kill`` event: a signalled exit with
-        a ``kill``/``stop`` event of another signal is the platform's doing, never a result.
-        """
-        try:
-            events = self.api.events(
-                since=since - 1,
-                until=time.time(),
-                filters={"container": cid, "event": ["kill", "stop"]},
-                decode=True,
-            )
-            with self._lock:
-                ours = cid in self._ours or any(name in self._ours for name in self._names_of(cid))
-            for event in events:
-                signal_ = (event.get("Actor") or {}).get("Attributes", {}).get("signal", "")
-                if not ours:
-                    return f"{event.get('Action')} signal {signal_ or '?'}"
-        except Exception as e:  # noqa: BLE001 - an engine that cannot say is an engine in trouble
-            return f"the engine could not be asked: {type(e).__name__}"
-        return ""
-
-    def _program_started(self, sandbox_id: str) -> None:
-        """All the prologue needs is written: the program may run from now on (one log line a run)."""
-        if self.spool is not None:
-            watchdog.mark_started(self.spool, sandbox_id)
-        log(logger, "sandbox.started", sandbox_id=sandbox_id, server=self.server)
-
-    def _leave_deadline(self, cid: str, spec: RunSpec) -> None:
-        assert self.spool is not None
-        pid = 0
-        try:
-            pid = int(self.api.inspect_container(cid)["State"].get("Pid") or 0)
-        except Exception:  # noqa: BLE001 - without a pid the watchdog kills through the engine
-            pid = 0
-        if pid and not Path(f"/proc/{pid}").exists():
-            pid = 0  # a remote engine's pid means nothing on this host
-        watchdog.write(self.spool, cid, spec.sandbox_id, spec.timeout_s, pid, token=spec.token)
-
-    def _names_of(self, cid: str) -> list[str]:
-        try:
-            return [str(self.api.inspect_container(cid)["Name"]).lstrip("/")]
-        except Exception:  # noqa: BLE001 - gone already: its id is all there is
-            return []
-
-    def _kill_on_timeout(self, cid: str, flag: threading.Event) -> None:
-        flag.set()
-        self._kill(cid)
 
     def kill(self, sandbox_id: str) -> None:
         with self._start_lock:
             self._killed.add(sandbox_id)
-            self._kill(run_name(sandbox_id))
-
-    def _kill(self, container: str) -> None:
-        with self._lock:
-            self._ours.add(container)  # a kill of ours (timeout, cancel, fence): never "from outside"
-        try:
-            self.api.kill(container)
-        except (NotFound, APIError):
-            pass  # already gone or already stopped
+            self.kills.kill(run_name(sandbox_id))
 
     def release(self, container_id: str) -> None:
         self.remove(container_id)
@@ -468,5 +349,5 @@ class Runner:
             raise translated(e) from e
         with self._lock:
             live = set(self.live)
-        found = [Leftover(str(c["Id"]), sandbox_of(c), c.get("State") == "running", _exit_code(c)) for c in listed]
+        found = [Leftover(str(c["Id"]), sandbox_of(c), c.get("State") == "running", exit_code(c)) for c in listed]
         return [c for c in found if c.sandbox_id or c.container_id not in live]

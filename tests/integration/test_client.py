@@ -19,6 +19,8 @@ import opendevelop
 import pytest
 import requests
 
+from chalicelib.artifacts import MAX_DEPTH
+from chalicelib.openapi import artifact_path
 from infra.local.stack import VENV_BIN
 
 from .helpers import ROOT, RunningStack
@@ -221,6 +223,8 @@ def test_the_openapi_document_is_served_without_credentials(client):
         "/api/sandboxes/{sandbox_id}/logs",
         "/api/sandboxes/{sandbox_id}/stdout",
         "/api/sandboxes/{sandbox_id}/stderr",
+        "/api/sandboxes/{sandbox_id}/artifacts",
+        *(artifact_path(depth) for depth in range(1, MAX_DEPTH + 1)),  # a route per depth: out/a/b.txt is a/b.txt
     }
 
 

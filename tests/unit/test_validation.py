@@ -126,7 +126,8 @@ def test_unrequested_limits_get_the_defaults():
     limits = resolve_limits({}, {}, SETTINGS)
 
     assert limits == {name: SETTINGS.limit(name).default for name in limits}
-    assert set(limits) == {"timeout", "memory_mb", "cpus", "pids", "disk_mb", "output_kb"}
+    assert set(limits) == {"timeout", "memory_mb", "cpus", "pids", "disk_mb", "output_kb", "artifacts_kb"}
+    assert limits["artifacts_kb"] == 1024
 
 
 def test_a_request_may_ask_for_more_than_the_default_up_to_the_ceiling():

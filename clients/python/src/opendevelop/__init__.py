@@ -5,6 +5,7 @@ sandbox = Client().run("python test.py", files=["test.py"])
 print(sandbox.stdout, end="")
 """
 
+from opendevelop.artifacts import UnsafeArtifactError
 from opendevelop.client import DEFAULT_URL, Client
 from opendevelop.errors import (
     BadRequestError,
@@ -23,13 +24,14 @@ from opendevelop.errors import (
     WaitTimeoutError,
     WebhookVerificationError,
 )
-from opendevelop.models import FINAL_STATES, Image, Sandbox
+from opendevelop.models import FINAL_STATES, Artifact, Image, Sandbox
 from opendevelop.webhooks import verify_webhook
 
 __version__ = "1.0.0"
 
 __all__ = [
     "DEFAULT_URL",
+    "Artifact",
     "FINAL_STATES",
     "BadRequestError",
     "Client",
@@ -46,6 +48,7 @@ __all__ = [
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnreachableError",
+    "UnsafeArtifactError",
     "UnsupportedMediaTypeError",
     "WaitTimeoutError",
     "WebhookVerificationError",

@@ -47,7 +47,7 @@ EXIT_NOT_RUN = 125
 EXIT_OOM = 137
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
-LIMIT_FLAGS = ("memory_mb", "cpus", "pids", "disk_mb", "output_kb")
+LIMIT_FLAGS = ("memory_mb", "cpus", "pids", "disk_mb", "output_kb", "artifacts_kb")
 
 
 class UsageError(Exception):
@@ -145,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--network", action="store_true", help="network access (if the app may have it)")
     run.add_argument("--callback", metavar="URL", help="POST the finished sandbox to URL (a signed webhook)")
     run.add_argument("--cmd", action="append", default=[], help="a shell command line (instead of -- COMMAND)")
+    run.add_argument("--download", metavar="DIR", help="write the files the program left in out/ into DIR")
     run.add_argument("--json", action="store_true", help="print the finished sandbox as JSON instead")
     run.add_argument("-q", "--quiet", action="store_true", help="no status line while waiting")
 
@@ -218,6 +219,14 @@ def _run(client: Client, options: argparse.Namespace, command: list[str]) -> int
             _say(f"interrupted; sandbox {sandbox.id} was not cancelled ({e})")
         return EXIT_INTERRUPTED
     progress.clear()
+    if options.download is not None and sandbox.status == "terminated":
+        written = client.download(sandbox.id, options.download)
+        if not options.quiet and not options.json:
+            _say(f"{len(written)} artifact{'' if len(written) == 1 else 's'} written to {options.download}")
+        if sandbox.artifacts_truncated:
+            _say(
+                f"some artifacts were dropped at {sandbox.limits.get('artifacts_kb', '?')} KiB (the artifacts_kb limit)"
+            )
     if options.json:
         _write(sys.stdout, json.dumps(sandbox.raw, indent=2) + "\n")
         return _exit_status(sandbox, quiet=True)

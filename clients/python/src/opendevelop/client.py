@@ -16,17 +16,19 @@ was lost is not sent again, since it may have been carried out.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import requests
 
-from opendevelop import errors
+from opendevelop import artifacts, errors
 from opendevelop.files import FilesArg, collect
 from opendevelop.models import Image, Sandbox
 
@@ -332,6 +334,25 @@ class Client:
             if response.status_code >= 400:
                 raise errors.from_response(response)
         return response.content
+
+    def download(self, sandbox_id: str, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write the files the sandbox's program left in ``out/`` into ``folder``; the paths written.
+
+        Read as a stream; a name that would escape ``folder`` (or a symlink in the way) is refused
+        (``UnsafeArtifactError``).  ``ConflictError`` while the sandbox has not finished."""
+        response = self._request("GET", f"/api/sandboxes/{_id(sandbox_id)}/artifacts", accept="application/x-tar")
+        if response.status_code in (301, 302, 303, 307, 308):
+            # Stored outside the API: a short-lived URL that needs (and must get) no credentials.
+            try:
+                response = self._session.get(response.headers["Location"], timeout=self.timeout, stream=True)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                raise errors.UnreachableError(_unreachable(self.url, e)) from e
+            if response.status_code >= 400:
+                raise errors.from_response(response)
+            response.raw.decode_content = True
+            with response:
+                return artifacts.extract(response.raw, folder)
+        return artifacts.extract(io.BytesIO(response.content), folder)
 
     def openapi(self) -> dict[str, Any]:
         """The API's OpenAPI document."""

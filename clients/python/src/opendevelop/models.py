@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 FINAL_STATES = frozenset({"terminated", "error", "cancelled"})
@@ -28,6 +30,14 @@ def _cmd(value: Any) -> list[str]:
     except (TypeError, ValueError):
         return [str(value)]
     return [str(line) for line in decoded] if isinstance(decoded, list) else [str(decoded)]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file the program left in ``out/``: its name relative to ``out/``, and its size."""
+
+    name: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,10 @@ class Sandbox:
     stderr_bytes: int = 0
     inline_truncated: bool = False  # some of stdout, stderr, logs is shorter than its stream: see ``read``
     output_gone: bool = False  # the stored output has expired
+    # The files the program left in out/: the first 100 listed (``artifacts_count`` in all); see ``download``.
+    artifacts: list[Artifact] = field(default_factory=list)
+    artifacts_count: int = 0
+    artifacts_truncated: bool = False  # some were dropped: over ``artifacts_kb`` (or 10,000 files)
     # The webhook, when created with ``callback_url``: {"url", "status", "attempts", "last_error"}.
     callback: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -78,6 +92,10 @@ class Sandbox:
     def read(self, stream: str = "stdout") -> bytes:
         """``stdout`` or ``stderr``: the exact bytes the program wrote (see ``Client.output``)."""
         return bytes(self._client().output(self.id, stream))
+
+    def download(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write the artifacts (the files the program left in ``out/``) into ``folder`` (see ``Client.download``)."""
+        return list(self._client().download(self.id, folder))
 
     def _client(self) -> Any:
         if self.client is None:
@@ -102,6 +120,9 @@ class Sandbox:
             stderr_bytes=int(data.get("stderr_bytes") or 0),
             inline_truncated=bool(data.get("inline_truncated")),
             output_gone=bool(data.get("output_gone")),
+            artifacts=[Artifact(str(a["name"]), int(a["size"])) for a in data.get("artifacts") or []],
+            artifacts_count=int(data.get("artifacts_count") or 0),
+            artifacts_truncated=bool(data.get("artifacts_truncated")),
             id=str(data["id"]),
             status=str(data["status"]),
             image=str(data.get("image") or ""),

@@ -1,0 +1,77 @@
+"""A finished run's result as the row's attributes (written by ``lifecycle.record``, fenced by the run's token).
+
+Each stream's first 64 KiB as text and its size; a stream the row's text does
+not hold exactly is uploaded from the spool as it is (see ``chalicelib.output``);
+then the artifacts (``artifact_store``).  ``upload(key, path)`` is the caller's,
+with its retries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pynamodb.expressions.update import Action
+
+from chalicelib import output
+from chalicelib.models import Sandbox
+from dispatcher import artifact_store
+from dispatcher.artifact_store import Upload
+from dispatcher.engine import RunResult
+
+
+def attributes(sandbox_id: str, token: str, result: RunResult, upload: Upload) -> list[Action]:
+    """The row's result attributes; a stream the row's text does not hold exactly is uploaded, and so
+    are the artifacts (``artifact_store``)."""
+    actions: list[Action] = [
+        Sandbox.return_code.set(result.return_code),
+        Sandbox.timed_out.set(result.timed_out),
+        Sandbox.oom_killed.set(result.oom_killed),
+        Sandbox.output_truncated.set(result.output_truncated),
+        Sandbox.files_inline.remove(),  # done with: keeps finished rows (and list pages) small
+        Sandbox.output_key.remove(),
+    ]
+    folder = result.output_dir
+    assert folder is not None  # spooled before it is recorded
+    objects: list[str] = []
+    cut = False
+    for stream in output.STREAMS:
+        path = folder / stream
+        size = path.stat().st_size if path.exists() else 0
+        head = _head(path, output.PREVIEW_BYTES + 1)
+        text, whole = output.preview(head[: output.PREVIEW_BYTES])
+        exact = size <= output.PREVIEW_BYTES and whole and _utf8(head)
+        cut = cut or size > output.PREVIEW_BYTES or not whole
+        if size and not exact:
+            upload(output.key(sandbox_id, stream), path)
+            objects.append(stream)
+        attribute = getattr(Sandbox, stream)
+        actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
+        actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
+    actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
+    actions.append(Sandbox.inline_truncated.set(cut))
+    return actions + artifact_store.store(sandbox_id, token, result, upload)
+
+
+def _head(path: Path, n: int) -> bytes:
+    if not path.exists():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def sizes(result: RunResult) -> dict[str, int]:
+    """Each stream's size, for the log (never its content)."""
+    folder = result.output_dir
+    sizes = {}
+    for stream in ("stdout", "stderr"):
+        path = folder / stream if folder else None
+        sizes[f"{stream}_bytes"] = path.stat().st_size if path and path.exists() else len(getattr(result, stream))
+    return sizes
