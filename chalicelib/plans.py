@@ -14,7 +14,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import quotas, scheduling, webhooks
+from chalicelib import callbacks, quotas, scheduling
 from chalicelib.auth import new_id
 from chalicelib.context import Context
 from chalicelib.errors import InvalidInput, Unavailable
@@ -106,7 +106,7 @@ def plan(ctx: Context, app: App, req: SandboxRequest) -> Plan:
             file_count=len(req.files),
             quota_seconds=taken.seconds,
             parked_app=None if taken.woken else app.app_id,
-            **webhooks.fields(req.callback_url),
+            **callbacks.fields(req.callback_url),
         )
     except BaseException:
         quotas.give_back(taken)

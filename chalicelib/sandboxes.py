@@ -15,7 +15,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import artifacts, aws, lifecycle, output, quotas, webhooks
+from chalicelib import artifacts, aws, callbacks, lifecycle, output, quotas
 from chalicelib.auth import parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -336,7 +336,7 @@ def to_json(sb: Sandbox, inline_bytes: int = output.PREVIEW_BYTES, listed: int =
         "finished_at": _iso(sb.finished_at),
         "duration_ms": duration,
         "server": sb.server,
-        "callback": webhooks.show(sb),
+        "callback": callbacks.show(sb),
     }
 
 

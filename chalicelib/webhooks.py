@@ -38,13 +38,14 @@ from typing import Any
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from chalicelib import aws, lifecycle, webhook_send, webhook_targets
+from chalicelib.callbacks import DELIVERED, FAILED, PENDING
 from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, App, Sandbox, utcnow
+from chalicelib.sandboxes import show as sandbox_json
 from chalicelib.settings import Settings
 
 logger = logging.getLogger("opendevelop.webhooks")
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # A claimed attempt not written back this long after (its process died) is due again.
 CLAIM_S = webhook_send.TIMEOUT_S + 55
 ERROR_CHARS = 300
@@ -54,25 +55,6 @@ REDERIVE_MOST = 500  # rows looked at per reconciler pass
 def webhook_id(sandbox_id: str) -> str:
     """The ``webhook-id`` of a sandbox's webhook: the same for every attempt."""
     return f"msg_{sandbox_id}"
-
-
-def fields(callback_url: str | None) -> dict[str, Any]:
-    """What a new row holds of its webhook."""
-    if not callback_url:
-        return {}
-    return dict(callback_url=callback_url, callback_status=PENDING, callback_attempts=0, callback_pending="1")
-
-
-def show(sb: Sandbox) -> dict[str, Any] | None:
-    """The sandbox's ``callback`` as the API shows it (None without a ``callback_url``)."""
-    if not sb.callback_url:
-        return None
-    return {
-        "url": sb.callback_url,
-        "status": sb.callback_status or PENDING,
-        "attempts": int(sb.callback_attempts or 0),
-        "last_error": sb.callback_error,
-    }
 
 
 def delay_after(settings: Settings, attempts: int) -> float:
@@ -132,8 +114,6 @@ def _claim(sandbox_id: str, attempt: int, due: Any) -> bool:
 
 def _deliver(settings: Settings, row: Sandbox, resolver: Any, connect: Any) -> tuple[str | None, bool]:
     """POST the row's JSON; (None, _) when delivered, else (the error, whether it is final)."""
-    from chalicelib.sandboxes import show as sandbox_json  # sandboxes imports lifecycle, which is ours to use
-
     try:
         target = webhook_targets.parse(row.callback_url)
         policy = webhook_targets.Policy.from_settings(settings)
