@@ -213,6 +213,7 @@ def test_the_openapi_document_is_served_without_credentials(client):
     assert document == anonymous.json()
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
+        "/",  # the playground page
         "/api/openapi.json",
         "/api/images",
         "/api/images/{name}",

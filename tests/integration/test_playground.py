@@ -305,6 +305,30 @@ def test_a_flood_of_output_keeps_only_its_end_in_the_page(page: Page) -> None:
     assert saved.read_bytes() == page.stack.client.get(f"/api/sandboxes/{run_id}/stdout").content
 
 
+def test_the_files_a_program_leaves_in_out_download_from_the_page(page: Page) -> None:
+    page.signed_in()
+    page.choose("python")
+    program = (
+        "import os\n"
+        "os.makedirs('out/deep', exist_ok=True)\n"
+        "open('out/deep/report.txt', 'w').write('made in the sandbox\\n')\n"
+        "print('done')\n"
+    )
+    page.driver.execute_script("document.getElementById('code').value = arguments[0]", program)
+    page.by("run").click()
+    assert page.settled() == "terminated", page.text("error")
+    page.until(lambda: "deep/report.txt" in page.text("downloads"), 30, "the artifact is not offered")
+    saved = DOWNLOADS / "report.txt"
+    saved.unlink(missing_ok=True)
+    page.driver.execute_script(
+        "[...document.querySelectorAll('#downloads button')]"
+        ".find(b => b.textContent.startsWith('deep/report.txt')).click()"
+    )
+    page.until(saved.exists, 30, f"the artifact's download never arrived ({page.text('error')!r})")
+    assert saved.read_bytes() == b"made in the sandbox\n"
+    page.shot("artifacts")
+
+
 def test_cancel_stops_a_running_program(page: Page) -> None:
     page.signed_in()
     page.choose("python")
