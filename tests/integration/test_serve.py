@@ -140,8 +140,11 @@ def test_kill_9_of_every_process_mid_flood_loses_nothing_accepted_and_runs_nothi
             else:
                 assert (result["status"], result["return_code"], result["stdout"]) == ("terminated", 0, f"run {n}\n")
         assert events.violations({sandbox_id: 10.0 for sandbox_id in accepted}) == []
-        # Their wake-ups died with moto's queues; the reconciler sent them again from the rows.
-        assert '"sandbox.rewoken"' in (serve.logs / "reconciler.log").read_text()
+        # Their wake-ups died with moto's queues; they were sent again from the rows: by the reconciler
+        # for those woken before the kill, by fair share's unpark for those parked (when the app had
+        # its share running at the kill, only the second happens).
+        logs = "".join(path.read_text() for path in serve.logs.glob("*.log"))
+        assert '"sandbox.rewoken"' in logs or '"sandbox.unparked"' in logs
     finally:
         stop_flood.set()
         events.close()

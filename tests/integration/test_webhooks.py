@@ -146,9 +146,12 @@ def test_a_receiver_down_then_up_gets_it(hooked, trap, show_logs_on_failure):
     late = Receiver(PORTS["late"])
     sandbox_id = create(hooked, late.url).json()["id"]
     deadline = time.monotonic() + 60
-    while (callback := hooked.client.sandbox(sandbox_id)["callback"])["attempts"] < 1 or callback[
-        "status"
-    ] != "pending":
+    # An attempt counts from its claim, before its POST: wait for the first one's error to be written.
+    while not (
+        (callback := hooked.client.sandbox(sandbox_id)["callback"])["attempts"] >= 1
+        and callback["status"] == "pending"
+        and callback["last_error"]
+    ):
         assert time.monotonic() < deadline, callback
         time.sleep(0.2)
     assert "refused" in (callback["last_error"] or "").lower(), callback  # connection refused: nobody listens
