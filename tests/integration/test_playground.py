@@ -322,7 +322,7 @@ def test_the_files_a_program_leaves_in_out_download_from_the_page(page: Page) ->
     saved.unlink(missing_ok=True)
     page.driver.execute_script(
         "[...document.querySelectorAll('#downloads button')]"
-        ".find(b => b.textContent.startsWith('deep/report.txt')).click()"
+        ".find(b => b.textContent.startsWith('Download deep/report.txt')).click()"
     )
     page.until(saved.exists, 30, f"the artifact's download never arrived ({page.text('error')!r})")
     assert saved.read_bytes() == b"made in the sandbox\n"
