@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import datetime
 from typing import Any
 
@@ -123,12 +124,26 @@ def unpark(app_id: str, most: int = 100) -> int:
         add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
         woke += 1
         try:
-            settings = bound_settings()
-            aws.send_wakeup(settings, DockerServer.get(sandbox.server).queue_url, sandbox.sandbox_id)
+            aws.send_wakeup(bound_settings(), _queue_url(sandbox.server), sandbox.sandbox_id)
         except Exception as e:  # noqa: BLE001 - queued and unmarked: the reconciler re-sends a lost wake-up
             log(logger, "quota.wake_failed", logging.WARNING, sandbox_id=sandbox.sandbox_id, error=describe(e))
         log(logger, "sandbox.unparked", sandbox_id=sandbox.sandbox_id, app_id=app_id, server=sandbox.server)
     return woke
+
+
+# A server's queue URL, as last read (a wake-up per unpark would otherwise read the server's row
+# each time).  A server deleted meanwhile fails the send: the reconciler re-sends lost wake-ups.
+QUEUE_URL_TTL_S = 60.0
+_queue_urls: dict[str, tuple[str, float]] = {}
+
+
+def _queue_url(server: str) -> str:
+    known = _queue_urls.get(server)
+    if known and time.monotonic() < known[1]:
+        return known[0]
+    url = DockerServer.get(server).queue_url
+    _queue_urls[server] = (url, time.monotonic() + QUEUE_URL_TTL_S)
+    return url
 
 
 def _s(row: dict[str, Any], name: str) -> str | None:
