@@ -15,6 +15,10 @@ same run:
 * memory: the dispatcher's peak RSS through the throughput runs, through a
   200 MB output flood, and while a program's artifacts (9,999 tiny files and
   one of 8 MiB left in ``out/``) are collected and stored;
+* output as bytes (``bench/output_bytes.py``): every stack process's peak RSS
+  growth while 4 programs each write 10 + 10 MiB of random bytes and while
+  their downloads are checked byte for byte; the rate output is stored at
+  beside a raw attach read of the same program; the live tail's delay;
 * the CPU the local stack's own processes (moto's server, ``chalice local``,
   the dispatcher) take per run during the throughput runs: on one machine it
   is taken from the engine;
@@ -58,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.create import create_lines, create_times  # noqa: E402
 from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
+from bench.output_bytes import output_bytes, output_lines  # noqa: E402
 from dispatcher.pool import default_size  # noqa: E402
 from infra.local.stack import Stack, free_port  # noqa: E402
 
@@ -399,6 +404,8 @@ def table(result: dict[str, Any]) -> str:
             f"200 MB flood: {f['seconds']:.1f} s, dispatcher peak RSS {f['dispatcher_peak_rss_mb']:.0f} MB "
             "(target <= 150 MB)",
         ]
+    if result.get("bytes"):
+        lines += output_lines(result["bytes"])
     if "artifacts" in result:
         a = result["artifacts"]
         lines.append(
@@ -416,7 +423,7 @@ def main() -> int:
     parser.add_argument("--throughput-runs", type=int, default=200)
     parser.add_argument("--stack", choices=["moto", "persistent"], default="moto", help="the AWS endpoints")
     parser.add_argument(
-        "--parts", default="api,create,latency,throughput,flood,artifacts,restart", help="which measurements"
+        "--parts", default="api,create,latency,throughput,flood,artifacts,bytes,restart", help="which measurements"
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -454,6 +461,12 @@ def main() -> int:
                 print(f"[{args.stack}] artifacts: 9,999 tiny files and one of 8 MiB ...", flush=True)
                 bench.start_dispatcher(2)
                 result["artifacts"] = artifacts(bench)
+            if "bytes" in parts:
+                print(
+                    f"[{args.stack}] output as bytes: 4 floods of 10 + 10 MiB, the store rate, the live tail ...",
+                    flush=True,
+                )
+                result["bytes"] = output_bytes(bench, rate_runs=3 if args.quick else 7)
         finally:
             bench.stack.stop_all()
     out_dir = ROOT / "bench" / "results"

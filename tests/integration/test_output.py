@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from bench.output_bytes import flood_bytes, flood_command, peak_rss_kb, tail_command, tail_delays
+
 from .helpers import Client, RunningStack
 
 # Both backends: the same tests on moto and on make serve's dynalite and s3rver (see conftest).
@@ -97,24 +99,9 @@ def other_client(stack: RunningStack) -> Client:
     return Client(stack.stack.api_url, (app.app_id, secret))
 
 
-def peak_rss_kb(pid: int) -> int:
-    """The process's peak resident set (VmHWM), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
-FLOOD = (
-    "python3 -c 'import random, sys; random.seed({seed}); data = random.randbytes(10 * 2**20); "
-    "sys.stdout.buffer.write(data); sys.stdout.flush(); sys.stderr.buffer.write(data[::-1])'"
-)
-
-
 def test_memory_stays_bounded_while_floods_run(tmp_path: Path) -> None:
-    """The issue's figures: 4 programs at once, each writing 10 MiB to stdout and 10 MiB to stderr."""
-    import random
-
+    """The issue's figures: 4 programs at once, each writing 10 MiB to stdout and 10 MiB to stderr
+    (``make bench``'s ``bytes`` part measures the same, every endpoint included)."""
     from .conftest import running_stack
 
     with running_stack(tmp_path, f"fl{secrets.token_hex(3)}", slots=4) as stack:
@@ -126,14 +113,12 @@ def test_memory_stays_bounded_while_floods_run(tmp_path: Path) -> None:
         before = {name: peak_rss_kb(pid) for name, pid in procs.items()}
         with ThreadPoolExecutor(4) as pool:
             sandboxes = list(
-                pool.map(
-                    lambda seed: done(client, [FLOOD.format(seed=seed)], output_kb="10240", timeout="60"), range(4)
-                )
+                pool.map(lambda seed: done(client, [flood_command(seed)], output_kb="10240", timeout="60"), range(4))
             )
         grown = {name: (peak_rss_kb(pid) - before[name]) // 1024 for name, pid in procs.items()}
 
         for seed, sandbox in enumerate(sandboxes):
-            data = random.Random(seed).randbytes(10 * MIB)
+            data = flood_bytes(seed)
             assert (sandbox["stdout_bytes"], sandbox["stderr_bytes"]) == (10 * MIB, 10 * MIB)
             assert sandbox["output_truncated"] is False
             assert len(client.get(f"/api/sandboxes/{sandbox['id']}").content) <= MIB
@@ -148,17 +133,9 @@ def test_memory_stays_bounded_while_floods_run(tmp_path: Path) -> None:
 
 
 def test_the_live_tail_answers_within_a_fraction_of_a_second(client: Client) -> None:
-    """Each line carries the time it was written; the tail's answer is timed on arrival (one host, one clock)."""
-    program = "python3 -u -c 'import time\nfor i in range(20):\n    print(time.time(), flush=True); time.sleep(0.3)'"
-    sandbox_id = client.submit([program], timeout="30")
-    delays: list[float] = []
-    offset, finished = 0, False
-    while not finished:
-        answer = client.get(f"/api/sandboxes/{sandbox_id}/logs", params={"offset": offset, "wait": 10}).json()
-        now = time.time()
-        delays += [now - float(line) for line in answer["data"].split()]
-        offset, finished = answer["next"], answer["done"]
-    delays.sort()
+    """Each line carries the time it was written; the tail's answer is timed on arrival (``make bench`` has it too)."""
+    sandbox_id = client.submit([tail_command(lines=20, gap_s=0.3)], timeout="30")
+    delays = tail_delays(lambda path, params: client.get(path, params=params).json(), sandbox_id)
     p50 = delays[len(delays) // 2]
     print(f"live tail delay over {len(delays)} lines: p50 {p50 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
     assert len(delays) == 20
