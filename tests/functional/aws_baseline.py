@@ -73,4 +73,8 @@ class Baseline:
         expected = made[1]
         assert any(name.startswith("dynamodb/") for name in expected), expected
         assert all(count == 0 for count in expected.values()), f"admin.init stored something: {expected}"
-        assert shape() == expected, f"a test starts from {shape()}, not from what admin.init makes: {expected}"
+        found = shape()
+        if found != expected:
+            differs = {name: (expected.get(name), found.get(name)) for name in {*found, *expected}}
+            differs = {name: counts for name, counts in differs.items() if counts[0] != counts[1]}
+            raise AssertionError(f"a test starts not from what admin.init makes; (made, found): {differs}")

@@ -88,7 +88,9 @@ def test_a_restart_delay_that_is_not_seconds_is_refused(tmp_path: Path, value: s
     prefix = fake_host(tmp_path, 1)
     env = {**os.environ, "OPENDEVELOP_SUPERVISE_RESTART_S": value}
 
-    done = subprocess.run(["sh", str(SUPERVISE), str(prefix), "run"], capture_output=True, text=True, env=env, timeout=20)
+    done = subprocess.run(
+        ["sh", str(SUPERVISE), str(prefix), "run"], capture_output=True, text=True, env=env, timeout=20
+    )
 
     assert done.returncode == 2
     assert "OPENDEVELOP_SUPERVISE_RESTART_S" in done.stderr

@@ -40,10 +40,18 @@ def webhook_messages(world: Any) -> list[dict[str, Any]]:
 
 def webhooks_queued(world: Any) -> dict[str, int]:
     """How many messages the webhooks queue holds, due now or later: no long poll needed to see none."""
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessagesNotVisible"]
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesDelayed",
+        "ApproximateNumberOfMessagesNotVisible",
+    ]
     url = aws.webhook_queue_url(world.settings)
     attributes = aws.sqs(world.settings).get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    return {"due": int(attributes[names[0]]), "delayed": int(attributes[names[1]]), "in_flight": int(attributes[names[2]])}
+    return {
+        "due": int(attributes[names[0]]),
+        "delayed": int(attributes[names[1]]),
+        "in_flight": int(attributes[names[2]]),
+    }
 
 
 class Receiver:
