@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # app.py and manage.py live at the top of the checkout
 
+from aws_baseline import Baseline  # noqa: E402 - beside this file
 from chalice.test import Client  # noqa: E402
 
 import app as api  # noqa: E402
@@ -44,8 +45,6 @@ from chalicelib.auth import hash_password  # noqa: E402
 from chalicelib.models import DockerServer, Sandbox, User, utcnow  # noqa: E402
 from chalicelib.settings import Settings  # noqa: E402
 from infra.local.moto_atomic import serialize_writes  # noqa: E402
-
-from aws_baseline import Baseline  # noqa: E402 - beside this file
 
 serialize_writes()  # conditional writes atomic per item, as DynamoDB's are (moto's are not, across threads)
 
