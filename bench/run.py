@@ -56,6 +56,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.create import create_lines, create_times  # noqa: E402
 from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
 from dispatcher.pool import default_size  # noqa: E402
 from infra.local.stack import Stack, free_port  # noqa: E402
@@ -382,6 +383,8 @@ def table(result: dict[str, Any]) -> str:
                 f"  {size:>6} stored  {a['get_p50_ms']:8.1f} {a['list_page_p50_ms']:11.1f}"
                 + (f" {query:15.1f}" if query is not None else "")
             )
+    if result.get("create"):
+        lines += create_lines(result["create"])
     if result.get("restart"):
         r = result["restart"]
         lines += [
@@ -409,13 +412,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the bench itself)")
     parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--create-runs", type=int, default=50)
     parser.add_argument("--throughput-runs", type=int, default=200)
     parser.add_argument("--stack", choices=["moto", "persistent"], default="moto", help="the AWS endpoints")
-    parser.add_argument("--parts", default="api,latency,throughput,flood,artifacts,restart", help="which measurements")
+    parser.add_argument(
+        "--parts", default="api,create,latency,throughput,flood,artifacts,restart", help="which measurements"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if args.quick:
-        args.latency_runs, args.throughput_runs = 10, 40
+        args.latency_runs, args.throughput_runs, args.create_runs = 10, 40, 20
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     result: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="od-bench-") as tmp:
@@ -431,6 +437,9 @@ def main() -> int:
                 print(f"[{args.stack}] restart with what is stored ...", flush=True)
                 stored = max((a["rows_in_table"] for a in result.get("api", {}).values()), default=0)
                 result["restart"] = restart(bench, stored)
+            if "create" in parts:
+                print(f"[{args.stack}] create: {args.create_runs} one after another ...", flush=True)
+                result["create"] = create_times(bench, args.create_runs)
             if "latency" in parts:
                 print(f"[{args.stack}] latency: {args.latency_runs} runs ...", flush=True)
                 result["latency"] = latency(bench, args.latency_runs)

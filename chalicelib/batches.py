@@ -101,7 +101,7 @@ def _store(ctx: Context, app: App, planned: list[plans.Plan]) -> list[Any]:
         raise Unavailable(f"storing the sandboxes: {e}") from e
     by_queue: dict[str, list[str]] = defaultdict(list)
     for p in planned:
-        if p.woken:  # the others are parked: the app's settles wake them (quotas.unpark)
+        if p.woken:  # the others are parked: the app's settles wake them (releases.unpark)
             by_queue[p.server.queue_url].append(p.sandbox_id)
     for queue_url, ids in by_queue.items():
         try:

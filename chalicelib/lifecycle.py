@@ -30,7 +30,7 @@ row says ``callback_status`` pending, and the reconciler queues again what has
 waited too long (``chalicelib.webhooks.rederive``).
 
 The settling transitions also free what the sandbox held of its app's quotas
-(``chalicelib.quotas.release``) right after the write they won, so whichever
+(``chalicelib.releases.release``) right after the write they won, so whichever
 path settles a sandbox releases it, once.
 """
 
@@ -45,7 +45,7 @@ from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws, quotas
+from chalicelib import aws, releases
 from chalicelib.logs import describe, log
 from chalicelib.models import FINAL_STATES, Sandbox, bound_settings, utcnow
 
@@ -88,11 +88,11 @@ def _settled(sandbox_id: str, row: dict[str, Any]) -> None:
 
     The transition stands whatever happens here.  A release not done (this
     process died, or DynamoDB failed) is done by the reconciler from the row's
-    ``release_pending`` mark (``quotas.rederive_releases``); a webhook not queued
+    ``release_pending`` mark (``releases.rederive_releases``); a webhook not queued
     is queued again by the reconciler (``webhooks.rederive``).
     """
     try:
-        quotas.release(row, unmark=True)
+        releases.release(row, unmark=True)
     except Exception as e:  # noqa: BLE001 - the sandbox's own state is already right
         log(logger, "quota.release_failed", logging.ERROR, sandbox_id=sandbox_id, error=describe(e))
     if "callback_url" not in row:

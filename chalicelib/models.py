@@ -205,7 +205,7 @@ class SandboxesByCallback(GlobalSecondaryIndex["Sandbox"]):
 class SandboxesByRelease(GlobalSecondaryIndex["Sandbox"]):
     """Settled sandboxes whose quotas are still to be freed (sparse: ``release_pending`` is set by the
     settling write and removed once the release is done).  The reconciler frees what a process
-    that died between the two left (``chalicelib.quotas.rederive_releases``)."""
+    that died between the two left (``chalicelib.releases.rederive_releases``)."""
 
     class Meta:
         index_name = "by_release"
@@ -287,7 +287,7 @@ class Sandbox(_Base):
     # None on rows from before quotas, which hold and release nothing.
     quota_seconds = NumberAttribute(null=True)
     # The app's id while the sandbox waits parked (queued, no wake-up sent: its app had its fair
-    # share woken already); removed when it is woken (``quotas.unpark``) or settled.
+    # share woken already); removed when it is woken (``releases.unpark``) or settled.
     parked_app = UnicodeAttribute(null=True)
     # When the reconciler first found this running row held by nobody (its clock; see ``reconciler``).
     suspect_at = UTCDateTimeAttribute(null=True)

@@ -16,8 +16,10 @@ overshooting:
   given back and the run's real seconds added to ``run_seconds``.  A sandbox
   counts against the day it was created on.
 
-A create takes its quotas in that order and gives back what it took if a
-later one (or storing the sandbox) fails.  Limits: the app's own
+A create takes its quotas at once (three independent writes in flight
+together) and gives back what it took if another refuses (or storing the
+sandbox fails).  While a refused create gives back, it briefly holds what it
+took: a create racing it may be refused for that moment, never overcounted.  Limits: the app's own
 (``manage.py app-set-limits --concurrency/--rate/--daily_seconds``), else the
 settings' defaults; 0 is no limit.
 """
@@ -26,15 +28,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import PynamoDBException, UpdateError
+from pynamodb.exceptions import UpdateError
 
 from chalicelib.errors import InvalidInput, QuotaExceeded
 from chalicelib.logs import describe, log
-from chalicelib.models import FINAL_STATES, App, Counter, DockerServer, Sandbox, bound_settings, utcnow
+from chalicelib.models import App, Counter, Sandbox, utcnow
 from chalicelib.settings import QUOTA_DEFAULTS, Settings
 
 QUOTAS = tuple(QUOTA_DEFAULTS)
@@ -60,18 +65,18 @@ def day_key(app_id: str, day: datetime) -> str:
     return f"app#{app_id}#d#{day.astimezone(UTC).date().isoformat()}"
 
 
-def _lost(e: Exception) -> bool:
+def lost(e: Exception) -> bool:
     return getattr(e, "cause_response_code", None) == "ConditionalCheckFailedException" or (
         "ConditionalCheckFailed" in str(e)
     )
 
 
-def _add(key: str, actions: list[Any], condition: Any = None) -> bool:
+def add(key: str, actions: list[Any], condition: Any = None) -> bool:
     """One atomic update of a counter; False when its condition (the quota) did not hold."""
     try:
         Counter._get_connection().update_item(key, actions=actions, condition=condition, return_values="NONE")
     except UpdateError as e:
-        if _lost(e):
+        if lost(e):
             return False
         raise
     return True
@@ -92,72 +97,103 @@ class Taken:
     concurrency: bool = False
     day: bool = False
     woken: bool = False  # within the app's fair share: wake it now (else it is stored parked)
+    ms: float = 0.0  # how long taking them took (the create's log shows it)
 
 
 def take(app: App, settings: Settings, timeout_s: float, now: datetime | None = None, share: int = 0) -> Taken:
-    """Count one more sandbox of ``app`` against its quotas, or raise ``QuotaExceeded`` having counted nothing."""
+    """Count one more sandbox of ``app`` against its quotas, or raise ``QuotaExceeded`` having counted nothing.
+
+    The three counters are independent, so their writes go out at once: a
+    create waits for one DynamoDB round trip here, not three.  If any refuses
+    (or fails), what the others took is given back and the first refusal in
+    the order rate, concurrency, daily_seconds is raised.
+    """
     now = now or utcnow()
     limits = limits_of(app, settings)
     taken = Taken(app.app_id, now, math.ceil(timeout_s))
-    try:
-        if limits["rate"]:
-            window_end = (int(now.timestamp()) // 60 + 1) * 60
-            expires = datetime.fromtimestamp(window_end + 3600, UTC)
-            if not _add(
-                minute_key(app.app_id, now),
-                [Counter.n.add(1), Counter.expires_at.set(expires)],
-                _below(Counter.n, limits["rate"]),
-            ):
-                retry = max(1, math.ceil(window_end - now.timestamp()))
-                raise _exceeded("rate", limits["rate"], "sandboxes created per minute", retry)
-            taken.rate = True
-        concurrency = limits["concurrency"]
-        within = _below(Counter.active, concurrency) if concurrency else None
-        # One write in the common case: a slot, and a place in the app's fair share.  Without a
-        # place (the app has ``share`` woken already), the slot alone: the sandbox is stored parked.
-        # An app with sandboxes parked parks the new one too: they are woken oldest first.
-        in_share = _below(Counter.woken, share) & (Counter.parked.does_not_exist() | (Counter.parked <= 0))
-        both = in_share if within is None else within & in_share
-        cap = Counter.cap.set(share)
-        if share and _add(app_key(app.app_id), [Counter.active.add(1), Counter.woken.add(1), cap], both):
-            taken.woken = True
-        elif not share and _add(app_key(app.app_id), [Counter.active.add(1), Counter.woken.add(1), cap], within):
-            taken.woken = True
-        elif not share or not _add(app_key(app.app_id), [Counter.active.add(1), Counter.parked.add(1), cap], within):
-            raise _exceeded(
-                "concurrency",
-                concurrency,
-                "sandboxes queued or running at once",
-                CONCURRENCY_RETRY_S,
-                "a slot frees when one of them finishes",
-            )
-        taken.concurrency = True
-        daily = limits["daily_seconds"]
-        condition = None
-        if daily:
-            # charged + this run's timeout <= daily, as a condition DynamoDB can evaluate.
-            condition = Counter.charged.does_not_exist() | (Counter.charged <= daily - taken.seconds)
-        if (daily and taken.seconds > daily) or not _add(
-            day_key(app.app_id, now),
-            [
-                Counter.charged.add(taken.seconds),
-                Counter.sandboxes.add(1),
-                Counter.expires_at.set(now + timedelta(days=40)),
-            ],
-            condition,
-        ):
-            tomorrow = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC)
-            raise _exceeded(
-                "daily_seconds",
-                daily,
-                "seconds of run time per UTC day (each sandbox reserves its timeout)",
-                max(1, math.ceil((tomorrow - now).total_seconds())),
-            )
-        taken.day = True
-    except BaseException:
+    steps = [step for step in (_take_rate, _take_slot, _take_day) if step is not _take_rate or limits["rate"]]
+    started = time.perf_counter()
+    _ = Counter._get_connection().connection.client  # made here: botocore's client creation is not thread safe
+    futures = [_POOL.submit(_attempt, step, taken, limits, share) for step in steps[1:]]
+    problems = [_attempt(steps[0], taken, limits, share), *(f.result() for f in futures)]
+    taken.ms = (time.perf_counter() - started) * 1000
+    problem = next((p for p in problems if p is not None), None)
+    if problem is not None:
         give_back(taken)
-        raise
+        raise problem
     return taken
+
+
+# Threads for a create's counter writes (a few per create in flight; more creates queue for them).
+_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="quotas")
+
+
+def _attempt(step: Callable[[Taken, dict[str, int], int], None], *args: Any) -> BaseException | None:
+    try:
+        step(*args)
+    except BaseException as e:  # noqa: BLE001 - answered to ``take``, which gives back and raises it
+        return e
+    return None
+
+
+def _take_rate(taken: Taken, limits: dict[str, int], share: int) -> None:
+    now = taken.at
+    window_end = (int(now.timestamp()) // 60 + 1) * 60
+    expires = datetime.fromtimestamp(window_end + 3600, UTC)
+    if not add(
+        minute_key(taken.app_id, now),
+        [Counter.n.add(1), Counter.expires_at.set(expires)],
+        _below(Counter.n, limits["rate"]),
+    ):
+        retry = max(1, math.ceil(window_end - now.timestamp()))
+        raise _exceeded("rate", limits["rate"], "sandboxes created per minute", retry)
+    taken.rate = True
+
+
+def _take_slot(taken: Taken, limits: dict[str, int], share: int) -> None:
+    concurrency = limits["concurrency"]
+    within = _below(Counter.active, concurrency) if concurrency else None
+    # One write in the common case: a slot, and a place in the app's fair share.  Without a
+    # place (the app has ``share`` woken already), the slot alone: the sandbox is stored parked.
+    # An app with sandboxes parked parks the new one too: they are woken oldest first.
+    in_share = _below(Counter.woken, share) & (Counter.parked.does_not_exist() | (Counter.parked <= 0))
+    both = in_share if within is None else within & in_share
+    cap = Counter.cap.set(share)
+    key = app_key(taken.app_id)
+    if share and add(key, [Counter.active.add(1), Counter.woken.add(1), cap], both):
+        taken.woken = True
+    elif not share and add(key, [Counter.active.add(1), Counter.woken.add(1), cap], within):
+        taken.woken = True
+    elif not share or not add(key, [Counter.active.add(1), Counter.parked.add(1), cap], within):
+        raise _exceeded(
+            "concurrency",
+            concurrency,
+            "sandboxes queued or running at once",
+            CONCURRENCY_RETRY_S,
+            "a slot frees when one of them finishes",
+        )
+    taken.concurrency = True
+
+
+def _take_day(taken: Taken, limits: dict[str, int], share: int) -> None:
+    now, daily = taken.at, limits["daily_seconds"]
+    condition = None
+    if daily:
+        # charged + this run's timeout <= daily, as a condition DynamoDB can evaluate.
+        condition = Counter.charged.does_not_exist() | (Counter.charged <= daily - taken.seconds)
+    if (daily and taken.seconds > daily) or not add(
+        day_key(taken.app_id, now),
+        [Counter.charged.add(taken.seconds), Counter.sandboxes.add(1), Counter.expires_at.set(now + timedelta(40))],
+        condition,
+    ):
+        tomorrow = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC)
+        raise _exceeded(
+            "daily_seconds",
+            daily,
+            "seconds of run time per UTC day (each sandbox reserves its timeout)",
+            max(1, math.ceil((tomorrow - now).total_seconds())),
+        )
+    taken.day = True
 
 
 def _exceeded(quota: str, limit: int, what: str, retry_after: int, frees: str = "") -> QuotaExceeded:
@@ -182,139 +218,9 @@ def give_back(taken: Taken) -> None:
         undo.append((minute_key(taken.app_id, taken.at), [Counter.n.add(-1)], Counter.n > 0))
     for key, actions, condition in undo:
         try:
-            _add(key, actions, condition)
+            add(key, actions, condition)
         except Exception as e:  # noqa: BLE001
             log(logger, "quota.give_back_failed", logging.ERROR, app_id=taken.app_id, counter=key, error=describe(e))
-
-
-def release(row: dict[str, Any], unmark: bool = False) -> None:
-    """A sandbox settled (``row``: its attributes after the settling write, DynamoDB JSON).
-
-    Its concurrency slot is freed, the unused part of its reserved run time
-    given back to the day it was created on, and the time it ran added to it.
-    Rows from before quotas (no ``quota_seconds``) held nothing and release nothing.
-    ``unmark``: then remove the row's ``release_pending`` mark (the settling
-    process does; ``rederive_releases`` removes it before, to own the release).
-    """
-    _release(row)
-    sandbox_id = _s(row, "sandbox_id")
-    if unmark and sandbox_id and "release_pending" in row:
-        _unmark_release(sandbox_id)
-
-
-def _release(row: dict[str, Any]) -> None:
-    app_id = _s(row, "app_id")
-    reserved = _n(row, "quota_seconds")
-    if not app_id or reserved is None:
-        return
-    sandbox_id = _s(row, "sandbox_id") or ""
-    if _s(row, "parked_app"):
-        # Settled while parked (a cancel): it never had a wake-up.  Whoever removes its mark counts it.
-        _add(app_key(app_id), [Counter.active.add(-1)], Counter.active > 0)
-        if _unmark(sandbox_id, Sandbox.status != "queued"):
-            _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
-    else:
-        after = _add_read(app_key(app_id), [Counter.active.add(-1), Counter.woken.add(-1)], Counter.active > 0)
-        if after is not None and (_n(after, "parked") or 0) > 0:
-            unpark(app_id)
-    created = _time(row, "created_at")
-    if created is None:
-        return
-    ran = 0
-    started, finished = _time(row, "started_at"), _time(row, "finished_at")
-    if started and finished and finished > started:
-        ran = min(math.ceil((finished - started).total_seconds()), int(reserved))
-    _add(day_key(app_id, created), [Counter.charged.add(ran - int(reserved)), Counter.run_seconds.add(ran)])
-
-
-def _add_read(key: str, actions: list[Any], condition: Any = None) -> dict[str, Any] | None:
-    """``_add``, answering the counter as it is after the write (None when the condition did not hold)."""
-    try:
-        response = Counter._get_connection().update_item(
-            key, actions=actions, condition=condition, return_values="ALL_NEW"
-        )
-    except UpdateError as e:
-        if _lost(e):
-            return None
-        raise
-    attributes: dict[str, Any] = (response or {}).get("Attributes") or {}
-    return attributes
-
-
-def _unmark(sandbox_id: str, condition: Any, actions: list[Any] | None = None) -> bool:
-    """Remove a sandbox's parked mark if ``condition`` holds and it is still parked; whether this did."""
-    try:
-        Sandbox._get_connection().update_item(
-            sandbox_id,
-            actions=[Sandbox.parked_app.remove(), *(actions or [])],
-            condition=Sandbox.parked_app.exists() & condition,
-            return_values="NONE",
-        )
-    except UpdateError as e:
-        if _lost(e):
-            return False
-        raise
-    return True
-
-
-def unpark(app_id: str, most: int = 100) -> int:
-    """Wake the app's oldest parked sandboxes while it is below its fair share; how many were woken.
-
-    Safe to call any time, from anywhere (a settle, a create that parked, the
-    reconciler): a place in the share is taken first (``woken < cap``, atomic),
-    then the oldest parked row still ``queued`` is unmarked (conditional: one
-    waker wins it) and its wake-up sent.  A place with no row to fill is given back.
-    """
-    from chalicelib import aws  # SQS; imported here: quotas is imported by lifecycle everywhere
-
-    woke = 0
-    while woke < most:
-        if not _add(app_key(app_id), [Counter.woken.add(1)], Counter.woken < Counter.cap):
-            return woke
-        sandbox = None
-        for row in Sandbox.parked.query(app_id, scan_index_forward=True, limit=10, page_size=10):
-            if row.status != "queued":
-                if _unmark(row.sandbox_id, Sandbox.status != "queued"):  # settled while parked: count it once
-                    _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
-                continue
-            if _unmark(row.sandbox_id, Sandbox.status == "queued", [Sandbox.woken_at.set(utcnow())]):
-                sandbox = row
-                break
-        if sandbox is None:
-            _add(app_key(app_id), [Counter.woken.add(-1)], Counter.woken > 0)
-            return woke
-        _add(app_key(app_id), [Counter.parked.add(-1)], Counter.parked > 0)
-        woke += 1
-        try:
-            settings = bound_settings()
-            aws.send_wakeup(settings, DockerServer.get(sandbox.server).queue_url, sandbox.sandbox_id)
-        except Exception as e:  # noqa: BLE001 - queued and unmarked: the reconciler re-sends a lost wake-up
-            log(logger, "quota.wake_failed", logging.WARNING, sandbox_id=sandbox.sandbox_id, error=describe(e))
-        log(logger, "sandbox.unparked", sandbox_id=sandbox.sandbox_id, app_id=app_id, server=sandbox.server)
-    return woke
-
-
-def _s(row: dict[str, Any], name: str) -> str | None:
-    value = row.get(name)
-    return value.get("S") if isinstance(value, dict) else None
-
-
-def _n(row: dict[str, Any], name: str) -> float | None:
-    value = row.get(name)
-    try:
-        return float(value["N"]) if isinstance(value, dict) and "N" in value else None
-    except ValueError:
-        return None
-
-
-def _time(row: dict[str, Any], name: str) -> datetime | None:
-    text = _s(row, name)
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
-    except ValueError:
-        return None
 
 
 def usage(app: App, settings: Settings, now: datetime | None = None) -> dict[str, Any]:
@@ -347,50 +253,3 @@ def check_quotas(quotas: dict[str, Any]) -> dict[str, int]:
             raise InvalidInput(name, f"{number} is below 0 (0 is no limit)")
         out[name] = number
     return out
-
-
-# Releases a dead process left (the row's release_pending mark outlived its settle).
-
-RELEASE_GRACE_S = 60  # a live settling process frees the quotas within milliseconds of its settle
-
-
-def _unmark_release(sandbox_id: str) -> bool:
-    """Remove the row's release mark; whether this call did (so exactly one caller owns a late release)."""
-    try:
-        Sandbox._get_connection().update_item(
-            sandbox_id,
-            actions=[Sandbox.release_pending.remove()],
-            condition=Sandbox.release_pending.exists(),
-            return_values="NONE",
-        )
-    except UpdateError as e:
-        if _lost(e):
-            return False
-        raise
-    return True
-
-
-def rederive_releases(errors: list[str], now: datetime | None = None, most: int = 100) -> int:
-    """Free the quotas of sandboxes settled more than ``RELEASE_GRACE_S`` ago and never released
-    (their settling process died first); how many.  The mark is removed first (one owner), then the
-    counters are given back, so a process dying here leaves one slot too many free, never one held."""
-    now = now or utcnow()
-    done = 0
-    try:
-        rows = list(Sandbox.by_release.query("1", limit=most, page_size=most))
-    except PynamoDBException as e:
-        errors.append(f"reading unreleased sandboxes: {e}")
-        return 0
-    for row in rows:
-        if row.finished_at is not None and (now - row.finished_at).total_seconds() < RELEASE_GRACE_S:
-            continue
-        try:
-            item = Sandbox._get_connection().get_item(row.sandbox_id, consistent_read=True).get("Item") or {}
-            if not item or _s(item, "status") not in FINAL_STATES or not _unmark_release(row.sandbox_id):
-                continue
-            _release(item)
-            done += 1
-            log(logger, "quota.released_late", sandbox_id=row.sandbox_id, app_id=_s(item, "app_id"))
-        except Exception as e:  # noqa: BLE001 - the next pass tries again
-            errors.append(f"releasing the quotas of {row.sandbox_id}: {describe(e)}")
-    return done

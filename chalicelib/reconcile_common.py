@@ -48,7 +48,7 @@ class Report:
     rerouted: int = 0
     rewoken: int = 0
     webhooks: int = 0  # webhooks queued again (``webhooks.rederive``)
-    released: int = 0  # settled sandboxes whose quotas a dead process left held (``quotas.rederive_releases``)
+    released: int = 0  # settled sandboxes whose quotas a dead process left held (``releases.rederive_releases``)
     errors: list[str] = field(default_factory=list)
     moved: set[str] = field(default_factory=set)  # rows this pass already settled or sent a wake-up for
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import aws, dead_letters, lifecycle, liveness, models, quotas, status, webhooks
+from chalicelib import aws, dead_letters, lifecycle, liveness, models, releases, status, webhooks
 from chalicelib.errors import Unavailable
 from chalicelib.liveness import is_alive, is_healthy
 from chalicelib.logs import log
@@ -104,12 +104,12 @@ def reconcile(
     woken = [row for row in queued if row.sandbox_id not in report.moved and not row.parked_app]
     _rewake(settings, config, woken, servers, report)
     # Quotas a settling process died before freeing: freed now (which also wakes the app's parked).
-    report.released = quotas.rederive_releases(report.errors)
+    report.released = releases.rederive_releases(report.errors)
     # Parked rows have no wake-up to lose: they are woken by their app's settles.  Should one of
     # those have been lost (a process died between a settle and its unpark), this wakes them.
     for app_id in sorted({row.parked_app for row in queued if row.parked_app and row.sandbox_id not in report.moved}):
         try:
-            report.rewoken += quotas.unpark(app_id)
+            report.rewoken += releases.unpark(app_id)
         except PynamoDBException as e:
             report.errors.append(f"unparking the sandboxes of {app_id}: {e}")
     report.webhooks = webhooks.rederive(settings, report.errors)

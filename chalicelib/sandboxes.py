@@ -15,7 +15,7 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import artifacts, aws, callbacks, lifecycle, output, quotas
+from chalicelib import artifacts, aws, callbacks, lifecycle, output, quotas, releases
 from chalicelib.auth import parse_basic, secret_matches
 from chalicelib.context import Context
 from chalicelib.errors import Conflict, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -95,6 +95,7 @@ def _store(ctx: Context, app: App, p: Plan) -> Sandbox:
         files=p.files,
         bytes=len(p.payload),
         parked=not p.woken,
+        quota_ms=round(p.taken.ms, 1),  # the quotas' share of the create: one DynamoDB round trip
     )
     return sandbox
 
@@ -106,7 +107,7 @@ def unpark(app_id: str, sandbox_id: str | None = None) -> None:
     the count and the rows' write and found nothing to wake: look once more.
     """
     try:
-        quotas.unpark(app_id)
+        releases.unpark(app_id)
     except PynamoDBException as e:
         log(logger, "quota.unpark_failed", logging.WARNING, sandbox_id=sandbox_id, app_id=app_id, error=describe(e))
 

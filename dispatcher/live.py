@@ -4,7 +4,8 @@ The engine writes each stream into the run's spool folder as it comes (see
 ``attach.Capture``).  ``Live`` looks at those files every ``LOOK_S`` and puts
 what is new of a stream into S3 as one more chunk, at most once per ``TICK_S``
 per stream (so a line shows within ``LOOK_S`` after a quiet spell, and a steady
-writer costs at most four writes a second per stream),
+writer costs at most four writes a second per stream), the first no sooner than
+``TICK_S`` after the run's start,
 ``sandboxes/<id>/live/<stream>/<offset>`` (``chalicelib.output.live_key``),
 so the API can answer downloads and the live tail (``/logs?offset=``) before
 the run ends.  A tick writes at most one chunk per stream of at most
@@ -40,7 +41,10 @@ class Live(threading.Thread):
         self.folder = folder
         self.tick_s = tick_s
         self.sent = dict.fromkeys(output.STREAMS, 0)
-        self.last = dict.fromkeys(output.STREAMS, -tick_s)  # when each stream's last chunk went
+        # When each stream's last chunk went.  The run's start counts as one: output shows within
+        # ``tick_s`` of it, and a run that ends sooner (most do) costs no chunk at all (no PUTs, no
+        # list and delete after it): its result holds its output.
+        self.last = dict.fromkeys(output.STREAMS, time.monotonic())
         self.chunks = 0
         self._stop_event = threading.Event()
 

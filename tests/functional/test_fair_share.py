@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from chalicelib import context, lifecycle, quotas, reconciler
+from chalicelib import context, lifecycle, quotas, reconciler, releases
 from chalicelib.models import Counter, Sandbox
 from tests.functional.test_dispatcher import FakeEngine, make, receive
 
@@ -106,7 +106,7 @@ def test_quotas_a_process_died_before_freeing_are_freed_by_the_reconciler_and_it
     first, second = post(world), post(world)
     world.queued_messages()
     # The first is cancelled, and the process dies between the settling write and the release.
-    monkeypatch.setattr(quotas, "release", lambda row, unmark=False: None)
+    monkeypatch.setattr(releases, "release", lambda row, unmark=False: None)
     assert lifecycle.cancel(Sandbox.get(first))
     monkeypatch.undo()
     assert counter(world.app_id) == {"active": 2, "woken": 1, "parked": 1}  # the share is held: second waits
@@ -115,14 +115,14 @@ def test_quotas_a_process_died_before_freeing_are_freed_by_the_reconciler_and_it
     reconciler.reconcile(world.settings)  # within the grace: a live process may still be releasing
     assert counter(world.app_id) == {"active": 2, "woken": 1, "parked": 1}
 
-    later = Sandbox.get(first).finished_at + timedelta(seconds=quotas.RELEASE_GRACE_S + 1)
+    later = Sandbox.get(first).finished_at + timedelta(seconds=releases.RELEASE_GRACE_S + 1)
     errors: list[str] = []
-    assert quotas.rederive_releases(errors, now=later) == 1
+    assert releases.rederive_releases(errors, now=later) == 1
     assert errors == []
     assert Sandbox.get(first).release_pending is None
     assert counter(world.app_id) == {"active": 1, "woken": 1, "parked": 0}  # freed, and second woken
     assert queue(world) == [second]
-    assert quotas.rederive_releases(errors, now=later) == 0  # once only
+    assert releases.rederive_releases(errors, now=later) == 0  # once only
 
 
 def test_a_settle_that_releases_leaves_no_mark(world):

@@ -177,3 +177,53 @@ def test_defaults_come_from_the_settings_and_zero_is_no_limit(world):
     admin.app_set_limits(world.app_id, {}, world.settings, app_quotas={"concurrency": 0})
     context.reset_context()  # the app row is cached a few seconds
     assert world.post_json(ONE).status_code == 201
+
+
+def test_the_three_counters_are_written_at_once_one_round_trip_not_three(world, monkeypatch):
+    """Each counter write made slow (0.3 s, as a far DynamoDB): a create still waits about one of them."""
+    slow_write = 0.3
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    real_add = quotas.add
+
+    def slow_add(*args: Any) -> bool:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            threading.Event().wait(slow_write)
+            return real_add(*args)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(quotas, "add", slow_add)
+    app = App.get(world.app_id)
+    taken = quotas.take(app, world.settings, 10, share=10)  # rate, concurrency and daily_seconds all limited
+
+    assert taken.rate and taken.concurrency and taken.day and taken.woken
+    assert most[0] == 3, "the three writes were not in flight together"
+    assert slow_write <= taken.ms / 1000 < 2 * slow_write, taken.ms
+
+
+@pytest.mark.parametrize("refuses", ["rate", "concurrency", "daily_seconds"])
+def test_a_create_refused_by_one_quota_gives_back_what_the_others_took(world, refuses):
+    others = {"rate": 100, "concurrency": 100, "daily_seconds": 1000}
+    admin.app_set_limits(world.app_id, {}, world.settings, app_quotas={**others, refuses: 1})
+    first = create_in_thread(world, timeout=1)()
+    before = counters()
+
+    with pytest.raises(QuotaExceeded) as refused:
+        create_in_thread(world, timeout=1)()
+
+    assert refused.value.message.startswith(f"{refuses}: this app's limit is 1 ")
+    assert counters() == before  # every counter as the first create left it
+    assert [row.sandbox_id for row in world.sandbox_rows()] == [first.sandbox_id]
+
+
+def counters() -> dict[str, dict[str, Any]]:
+    """Every counter's numbers (not its expiry, which each write sets again)."""
+    return {
+        row.key: {k: v for k, v in row.attribute_values.items() if k not in ("key", "expires_at")}
+        for row in Counter.scan(consistent_read=True)
+    }
