@@ -8,7 +8,8 @@
 #   supervise.sh PREFIX status   exit 0 if running (prints its pid)
 #   supervise.sh PREFIX run      the supervisor itself (what `start` runs under setsid nohup)
 #
-# Like Restart=always: a dispatcher that exits is started again after 2 s, except after exit 4
+# Like Restart=always: a dispatcher that exits is started again after 2 s (as the unit's RestartSec;
+# OPENDEVELOP_SUPERVISE_RESTART_S sets another delay, in seconds), except after exit 4
 # (its server was retired: RestartPreventExitStatus=4).  It runs
 # with a clean environment plus PREFIX/etc/dispatcher.env; the log is PREFIX/log/dispatcher.log.
 set -u
@@ -18,6 +19,7 @@ PIDFILE="$PREFIX/run/supervise.pid"
 LOG="$PREFIX/log/dispatcher.log"
 SELF="$PREFIX/app/infra/host/supervise.sh"
 STOP_TIMEOUT=90   # as the unit's TimeoutStopSec
+RESTART_S="${OPENDEVELOP_SUPERVISE_RESTART_S:-2}"
 
 running_pid() {
     [ -s "$PIDFILE" ] || return 1
@@ -29,6 +31,12 @@ running_pid() {
 }
 
 run() {
+    case "$RESTART_S" in
+        .|*[!0-9.]*|*.*.*)
+            echo "supervise.sh: OPENDEVELOP_SUPERVISE_RESTART_S=$RESTART_S is not a number of seconds" >&2
+            exit 2
+            ;;
+    esac
     stopping=0
     child=""
     trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
@@ -47,8 +55,8 @@ run() {
             echo "supervise.sh: the dispatcher's server was retired (exit 4); not starting it again" >&2
             break
         fi
-        echo "supervise.sh: the dispatcher exited; starting it again in 2 s" >&2
-        sleep 2
+        echo "supervise.sh: the dispatcher exited; starting it again in $RESTART_S s" >&2
+        sleep "$RESTART_S"
     done
 }
 

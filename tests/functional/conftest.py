@@ -10,7 +10,8 @@ The fixtures build up like a fresh installation does:
   table prefix, a fixed HMAC key, moto's dummy credentials).
   ``OPENDEVELOP_AWS_ENDPOINT_URL=none`` makes ``Settings`` pass no endpoint, so
   boto3 and pynamodb talk to the in-process mock instead of 127.0.0.1:5000.
-* ``settings``: AWS mocked, tables and bucket created (``admin.init``).
+* ``settings``: AWS mocked, tables and bucket created (``admin.init``, run
+  once per run and then copied: ``aws_baseline``).
 * ``world``: plus an image ``base``, a server ``local`` with a fresh
   heartbeat, a user and an app, and a Chalice test client.
 """
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # app.py and manage.py live at the top of the checkout
 
+from aws_baseline import Baseline  # noqa: E402 - beside this file
 from chalice.test import Client  # noqa: E402
 
 import app as api  # noqa: E402
@@ -91,14 +93,19 @@ def api_client() -> Client:
     return Client(api.app, stage_name="local", project_dir=str(ROOT))
 
 
+@pytest.fixture(scope="session")
+def aws_baseline() -> Baseline:
+    return Baseline()
+
+
 @pytest.fixture
-def settings(env: dict[str, str]) -> Iterator[Settings]:
-    """AWS mocked in-process, with the stage's tables and bucket."""
+def settings(env: dict[str, str], aws_baseline: Baseline) -> Iterator[Settings]:
+    """AWS mocked in-process, with the stage's tables and bucket, and nothing else."""
     with mock_aws():
         # A fresh context read from the environment (binding the models), as the API's first request makes.
         current = context.reset_context().settings
         assert current.aws_endpoint_url is None, "the tests must never reach a real endpoint"
-        admin.init(current)
+        aws_baseline.install(current)  # what admin.init(current) makes, checked to hold nothing
         yield current
         context.reset_context(current)  # nothing cached under this test's moto outlives it
 
