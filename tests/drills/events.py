@@ -9,7 +9,8 @@ restarted) is opened again from the last event seen, so nothing is missed.
 
 ``violations()`` checks the promise "one run, one result" on what was seen:
 never two runs of a sandbox at once, never a start after an earlier run
-completed (exited by itself, or was killed at its deadline), and no container
+completed (exited by itself, or was killed at its deadline; not the prologue's 125: its
+input never came whole, the program never ran), and no container
 alive more than ``GRACE_S`` past its deadline.
 """
 
@@ -27,6 +28,10 @@ import docker
 RUN_NAME = re.compile(r"^/?od-([0-9a-zA-Z]+)$")  # od-<sandbox id>; spares are od-spare-<hex>
 GRACE_S = 5.0
 KILLED = (137, 143)
+# The prologue's own exit (dispatcher/container.py): its input -- header, command, files -- never came
+# whole (the dispatcher died while writing it), so the program never ran.  The programs of the drills
+# and tests never exit 125 themselves.
+NOT_STARTED = 125
 
 
 @dataclass
@@ -43,7 +48,7 @@ class Run:
 
     def completed(self, timeout_s: float) -> bool:
         """Ended by itself, or reached its deadline: its result is the sandbox's, and nothing may run after it."""
-        if self.ended is None:
+        if self.ended is None or self.exit_code == NOT_STARTED:
             return False
         return self.exit_code not in KILLED or self.lived(self.ended) >= timeout_s - 0.25
 
