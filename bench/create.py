@@ -27,6 +27,8 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from tests.integration.tcp_proxy import pump
+
 if TYPE_CHECKING:
     from bench.run import Bench
 
@@ -108,21 +110,9 @@ def _start_delay_proxy(target_port: int, delay_s: float) -> int:
     listener.bind(("127.0.0.1", 0))
     port = int(listener.getsockname()[1])
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer, delay_s), pipe(up_reader, writer, 0))
+        await asyncio.gather(pump(reader, up_writer, delay_s), pump(up_reader, writer))
 
     async def serve() -> None:
         server = await asyncio.start_server(handle, sock=listener)

@@ -17,19 +17,24 @@ import signal
 import sys
 
 
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float = 0.0) -> None:
+    """Copy one direction of a connection until it ends, each chunk held ``delay_s`` first (a far network:
+    ``bench/create.py``)."""
+    try:
+        while data := await reader.read(65536):
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
 async def serve(listen_port: int, target_port: int) -> None:
     connections: set[asyncio.StreamWriter] = set()
     server: asyncio.Server | None = None
-
-    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
