@@ -7,7 +7,8 @@ CPU is shared with the Docker engine.  Warnings and errors are still logged.
 ``python -m infra.local.moto_local -H 127.0.0.1 -p PORT`` takes exactly
 ``moto_server``'s arguments.  Its DynamoDB writes are made atomic as
 DynamoDB's are (``moto_atomic``), and it counts the calls it answers, per
-service and action (``moto_calls``: ``GET /_opendevelop/calls``).
+service and action (``moto_calls``: ``GET /_opendevelop/calls``).  Its
+DynamoDB item answers skip moto's model walk (``moto_fast``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from moto.server import main
 
 from infra.local.moto_atomic import serialize_writes
 from infra.local.moto_calls import count_calls
+from infra.local.moto_fast import fast_item_answers
 
 if __name__ == "__main__":
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     serialize_writes()  # conditional writes atomic per item, as DynamoDB's are
     count_calls()
+    fast_item_answers()  # DynamoDB's item answers written as the JSON they already are
     main()
