@@ -3,7 +3,9 @@
 An app secret is 128+ random bits, shown once and stored only as an
 HMAC-SHA-256 digest keyed by a server-side key; comparing digests in constant
 time is enough for a random key, and a slow hash would cost every request.
-User passwords, chosen by people, get salted scrypt instead.
+User passwords, chosen by people, get salted scrypt instead (``SCRYPT_N``:
+16 MiB and ~60 ms a hash; the parameters are stored with each hash, so a
+change applies to new hashes and old ones still match).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ def secret_matches(key: bytes, secret: str, digest: str) -> bool:
     return hmac.compare_digest(secret_digest(key, secret), digest)
 
 
+SCRYPT_N = 2**14  # scrypt's cost: OWASP's recommended minimum with r=8, p=1
+
+
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    n, r, p = 2**14, 8, 1
+    n, r, p = SCRYPT_N, 8, 1
     dk = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
     return f"scrypt${n}${r}${p}${salt.hex()}${dk.hex()}"
 

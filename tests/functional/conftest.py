@@ -10,8 +10,9 @@ The fixtures build up like a fresh installation does:
   table prefix, a fixed HMAC key, moto's dummy credentials).
   ``OPENDEVELOP_AWS_ENDPOINT_URL=none`` makes ``Settings`` pass no endpoint, so
   boto3 and pynamodb talk to the in-process mock instead of 127.0.0.1:5000.
-* ``settings``: AWS mocked, tables and bucket created (``admin.init``, run
-  once per run and then copied: ``aws_baseline``).
+* ``settings``: AWS mocked (one moto for the run, emptied before each test),
+  tables and bucket created (``admin.init``, run once per run and then
+  copied: ``aws_baseline``).
 * ``world``: plus an image ``base``, a server ``local`` with a fresh
   heartbeat, a user and an app, and a Chalice test client.
 """
@@ -37,16 +38,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # app.py and manage.py live at the top of the checkout
 
 from aws_baseline import Baseline  # noqa: E402 - beside this file
+from aws_baseline import reset as aws_baseline_reset  # noqa: E402
 from chalice.test import Client  # noqa: E402
 
 import app as api  # noqa: E402
-from chalicelib import admin, aws, context  # noqa: E402
+from chalicelib import admin, auth, aws, context  # noqa: E402
 from chalicelib.auth import hash_password  # noqa: E402
 from chalicelib.models import DockerServer, Sandbox, User, utcnow  # noqa: E402
 from chalicelib.settings import Settings  # noqa: E402
 from infra.local.moto_atomic import serialize_writes  # noqa: E402
+from infra.local.moto_fast import fast_item_answers  # noqa: E402
 
 serialize_writes()  # conditional writes atomic per item, as DynamoDB's are (moto's are not, across threads)
+# The local stack's moto answers DynamoDB's item operations without its model walk; so does the tests'
+# (OPENDEVELOP_MOTO_FAST_CHECK=1 compares every such answer with moto's own).
+fast_item_answers()
 
 HMAC_KEY = "functional-tests-hmac-key-0123456789abcdef"
 # Unique to this run, so nothing here can touch a real stage's tables.  Every test
@@ -55,6 +61,13 @@ HMAC_KEY = "functional-tests-hmac-key-0123456789abcdef"
 TABLE_PREFIX = f"odtest-{uuid.uuid4().hex[:8]}"
 USERNAME = "sourcelair"
 PASSWORD = "correct horse"
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt at 1/16 of its cost: the tests make users by the dozen and check hashes, not their price
+    (tests/unit/test_auth.py holds the real parameters)."""
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
 
 
 @pytest.fixture
@@ -94,20 +107,23 @@ def api_client() -> Client:
 
 
 @pytest.fixture(scope="session")
-def aws_baseline() -> Baseline:
-    return Baseline()
+def aws_baseline() -> Iterator[Baseline]:
+    """One in-process moto for the run (each test empties it first: ``settings``)."""
+    with mock_aws():
+        yield Baseline()
 
 
 @pytest.fixture
 def settings(env: dict[str, str], aws_baseline: Baseline) -> Iterator[Settings]:
     """AWS mocked in-process, with the stage's tables and bucket, and nothing else."""
-    with mock_aws():
-        # A fresh context read from the environment (binding the models), as the API's first request makes.
-        current = context.reset_context().settings
-        assert current.aws_endpoint_url is None, "the tests must never reach a real endpoint"
-        aws_baseline.install(current)  # what admin.init(current) makes, checked to hold nothing
-        yield current
-        context.reset_context(current)  # nothing cached under this test's moto outlives it
+    aws_baseline_reset()  # every moto backend empty, as a new mock_aws() leaves them
+    # A fresh context read from the environment (binding the models), as the API's first request makes.
+    current = context.reset_context().settings
+    assert current.aws_endpoint_url is None, "the tests must never reach a real endpoint"
+    aws_baseline.install(current)  # what admin.init(current) makes, checked to hold nothing
+    yield current
+    context.reset_context(current)  # nothing cached under this test's moto outlives it
+    aws_baseline_reset()
 
 
 def basic_auth(app_id: str, secret: str) -> dict[str, str]:
@@ -233,11 +249,17 @@ def password_hash() -> str:
 
 
 @pytest.fixture
-def world(settings: Settings, monkeypatch: pytest.MonkeyPatch, api_client: Client) -> World:
-    admin.image_create("base", "opendevelop/base:latest", description="Debian 12 + Python 3")
-    server = admin.server_create(settings, "local", "unix:///var/run/docker.sock", buckets="/var/tmp/opendevelop")
-    server.update(actions=[DockerServer.last_heartbeat.set(utcnow())])  # as a running dispatcher would
-    # The user admin.user_create would make, with the slow password hash computed once per run.
-    User(USERNAME, email="opendevelop@sourcelair.com", password_hash=password_hash()).save()
-    app, secret = admin.app_create("myapp", USERNAME, settings=settings)
-    return World(settings, api_client, monkeypatch, app.app_id, secret, server)
+def world(settings: Settings, monkeypatch: pytest.MonkeyPatch, api_client: Client, aws_baseline: Baseline) -> World:
+    def write() -> tuple[str, str]:
+        admin.image_create("base", "opendevelop/base:latest", description="Debian 12 + Python 3")
+        admin.server_create(settings, "local", "unix:///var/run/docker.sock", buckets="/var/tmp/opendevelop")
+        # The user admin.user_create would make, with the slow password hash computed once per run.
+        User(USERNAME, email="opendevelop@sourcelair.com", password_hash=password_hash()).save()
+        app, secret = admin.app_create("myapp", USERNAME, settings=settings)
+        return app.app_id, secret
+
+    # Written once per run, copied into each test's emptied moto (with the server's queues made again).
+    app_id, secret = aws_baseline.install_rows(settings, "world", write)
+    server = DockerServer("local")
+    server.update(actions=[DockerServer.last_heartbeat.set(utcnow())])  # as a running dispatcher would; reads it back
+    return World(settings, api_client, monkeypatch, app_id, secret, server)
