@@ -264,7 +264,16 @@ def output_bytes(bench: Bench, rate_runs: int = 5) -> dict[str, Any]:
     return {"floods": floods(bench), "rate": store_rate(bench, rate_runs), "tail": live_tail(bench)}
 
 
+def tail_lines(t: dict[str, Any]) -> list[str]:
+    return [
+        f"  live tail over {t['lines']} lines: p50 {t['p50_ms']:.0f} ms, p95 {t['p95_ms']:.0f} ms, "
+        f"max {t['max_ms']:.0f} ms (target p50 <= 250 ms)",
+    ]
+
+
 def output_lines(o: dict[str, Any]) -> list[str]:
+    if set(o) == {"tail"}:  # `--parts tail`: the live tail alone
+        return ["", "output as bytes:", *tail_lines(o["tail"])]
     f, r, t = o["floods"], o["rate"], o["tail"]
     grown = ", ".join(f"{name} +{mb:.0f}" for name, mb in sorted(f["grown_mb_runs_and_downloads"].items()))
     runs = ", ".join(f"{name} +{mb:.0f}" for name, mb in sorted(f["grown_mb_runs"].items()))
@@ -277,6 +286,5 @@ def output_lines(o: dict[str, Any]) -> list[str]:
         f"largest GET of one: {f['get_max_bytes']} bytes (target <= 1 MiB)",
         f"  stored at {r['platform_mib_per_s']:.1f} MiB/s vs a raw attach read {r['raw_mib_per_s']:.1f} MiB/s "
         f"(20 MiB, p50 of {r['runs']}): ratio {r['ratio']:.2f} (target >= 0.8)",
-        f"  live tail over {t['lines']} lines: p50 {t['p50_ms']:.0f} ms, p95 {t['p95_ms']:.0f} ms, "
-        f"max {t['max_ms']:.0f} ms (target p50 <= 250 ms)",
+        *tail_lines(t),
     ]

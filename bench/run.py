@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.create import create_lines, create_times  # noqa: E402
 from bench.engine import cli_run, percentiles, sdk_run  # noqa: E402
-from bench.output_bytes import output_bytes, output_lines  # noqa: E402
+from bench.output_bytes import live_tail, output_bytes, output_lines  # noqa: E402
 from dispatcher.pool import default_size  # noqa: E402
 from infra.local.stack import Stack, free_port  # noqa: E402
 
@@ -423,7 +423,9 @@ def main() -> int:
     parser.add_argument("--throughput-runs", type=int, default=200)
     parser.add_argument("--stack", choices=["moto", "persistent"], default="moto", help="the AWS endpoints")
     parser.add_argument(
-        "--parts", default="api,create,latency,throughput,flood,artifacts,bytes,restart", help="which measurements"
+        "--parts",
+        default="api,create,latency,throughput,flood,artifacts,bytes,restart",
+        help="which measurements (also: tail, the live tail alone, which bytes includes)",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -467,6 +469,10 @@ def main() -> int:
                     flush=True,
                 )
                 result["bytes"] = output_bytes(bench, rate_runs=3 if args.quick else 7)
+            elif "tail" in parts:
+                print(f"[{args.stack}] the live tail ...", flush=True)
+                bench.start_dispatcher(2)
+                result["bytes"] = {"tail": live_tail(bench)}
         finally:
             bench.stack.stop_all()
     out_dir = ROOT / "bench" / "results"
