@@ -1,9 +1,10 @@
 """A fresh stage for every functional test at the price of one ``admin.init`` per run.
 
-The functional tests share one ``mock_aws()`` for the whole run (starting one
+The functional tests share one ``mock_aws()`` per test module (starting one
 costs more than most tests: moto registers a thousand URL patterns each
-time).  Every test still starts from nothing: ``reset`` empties every moto
-backend, as a new ``mock_aws()`` would.  Then ``install`` gives it the stage
+time; per module, it is stopped before the other folders' tests run).
+Every test still starts from nothing: ``reset`` empties every moto backend,
+as a new ``mock_aws()`` would.  Then ``install`` gives it the stage
 ``admin.init`` makes.  Creating the stage's tables with their indexes, its
 bucket and its queue through moto's API costs more than most functional
 tests take, so the first test runs ``admin.init`` for real and the rest get

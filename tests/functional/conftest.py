@@ -10,7 +10,7 @@ The fixtures build up like a fresh installation does:
   table prefix, a fixed HMAC key, moto's dummy credentials).
   ``OPENDEVELOP_AWS_ENDPOINT_URL=none`` makes ``Settings`` pass no endpoint, so
   boto3 and pynamodb talk to the in-process mock instead of 127.0.0.1:5000.
-* ``settings``: AWS mocked (one moto for the run, emptied before each test),
+* ``settings``: AWS mocked (one moto per module, emptied before each test),
   tables and bucket created (``admin.init``, run once per run and then
   copied: ``aws_baseline``).
 * ``world``: plus an image ``base``, a server ``local`` with a fresh
@@ -107,14 +107,20 @@ def api_client() -> Client:
 
 
 @pytest.fixture(scope="session")
-def aws_baseline() -> Iterator[Baseline]:
-    """One in-process moto for the run (each test empties it first: ``settings``)."""
+def aws_baseline() -> Baseline:
+    return Baseline()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[None]:
+    """One in-process moto per test module (each test empties it first: ``settings``), stopped after it,
+    so nothing of it reaches the tests of other folders that run in the same pytest process."""
     with mock_aws():
-        yield Baseline()
+        yield
 
 
 @pytest.fixture
-def settings(env: dict[str, str], aws_baseline: Baseline) -> Iterator[Settings]:
+def settings(env: dict[str, str], moto: None, aws_baseline: Baseline) -> Iterator[Settings]:
     """AWS mocked in-process, with the stage's tables and bucket, and nothing else."""
     aws_baseline_reset()  # every moto backend empty, as a new mock_aws() leaves them
     # A fresh context read from the environment (binding the models), as the API's first request makes.

@@ -73,6 +73,7 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         )
         client.checked = calls
         yield client
+        client.delete_table(TableName="t")  # also when a moto started elsewhere outlives this one
 
 
 def test_every_item_operation_answers_as_moto_does(dynamodb: Any) -> None:
