@@ -28,7 +28,7 @@ test: venv host browser serve-deps
 unit: venv
 	$(PY) -m pytest tests/unit clients/python/tests
 
-# One worker per core (pytest-xdist): about 40 s on 2 cores, 55 s in one process (as `make test` runs it).
+# One worker per core (pytest-xdist): about 44 s on 2 cores, 57 s in one process (as `make test` runs it).
 functional: venv
 	$(PY) -m pytest -n auto tests/functional
 
