@@ -224,14 +224,19 @@ class Pipeline:
         folder = self.spool.start(sandbox.sandbox_id, job.token)
         live = Live(self.settings, sandbox.sandbox_id, folder)
         live.start()
-        gate = lambda: self._gate(sandbox.sandbox_id, job)  # noqa: E731 - read just before the program starts
+
+        def gate() -> str:  # read just before the program starts
+            reason = self._gate(sandbox.sandbox_id, job)
+            live.begin()
+            return reason
+
         try:
             result = self.engine.run(replace(spec, output_dir=folder, gate=gate), payload)
         except BaseException as e:
             live.stop()
             self.spool.discard(sandbox.sandbox_id, job.token)
-            if live.chunks:
-                forget(self.settings, sandbox.sandbox_id)  # a failed try's output: a re-run starts afresh
+            if live.chunks:  # a failed try's output: a re-run starts afresh
+                forget(self.settings, sandbox.sandbox_id, live.written(tried_before=(sandbox.attempts or 0) > 1))
             if isinstance(e, NotStarted):
                 if job.cancelled:
                     log(logger, "sandbox.cancelled_before_start", sandbox_id=sandbox.sandbox_id, server=self.server)
@@ -259,8 +264,8 @@ class Pipeline:
             self.spool.keep(sandbox.sandbox_id, job.token, result)
             self.record(sandbox, job.token, result, forever=True)
             self.spool.drop(sandbox.sandbox_id, job.token)
-            if live.chunks:
-                forget(self.settings, sandbox.sandbox_id)  # the recorded output replaces them
+            if live.chunks:  # the recorded output replaces them
+                forget(self.settings, sandbox.sandbox_id, live.written(tried_before=(sandbox.attempts or 0) > 1))
         finally:
             self.spool.discard(sandbox.sandbox_id, job.token)  # an unrecorded run's partial output, if any
             if result.container_id:

@@ -14,8 +14,9 @@ import pytest
 
 from chalicelib import aws, output
 from chalicelib.models import DockerServer, Sandbox
+from dispatcher import live as live_module
 from dispatcher.engine import RunResult, RunSpec
-from dispatcher.live import Live
+from dispatcher.live import Live, forget
 from dispatcher.settings import DispatcherSettings
 from dispatcher.worker import Dispatcher
 from tests.functional.test_dispatcher import FakeClock, FakeEngine, receive
@@ -191,3 +192,32 @@ def test_a_live_chunk_deleted_between_its_listing_and_its_read_is_not_a_503(worl
     answer = world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=0")
     assert answer.status_code == 200, answer.body
     assert answer.json_body == {"data": "one\n", "offset": 0, "next": 4, "done": False}
+
+
+def test_the_chunks_a_run_wrote_are_deleted_by_their_keys_and_an_earlier_tries_by_listing(world, tmp_path, monkeypatch):
+    """A first try deletes what it wrote without listing the folder (one S3 call); a sandbox tried before
+    lists it, so chunks an earlier, crashed try left go too; so does a run that wrote too many to track."""
+    sandbox_id = running(world)
+    stale = output.live_key(sandbox_id, "logs", 999)  # an earlier try's, at an offset this one never wrote
+    aws.put_object(world.settings, stale, b"old")
+    live = Live(world.settings, sandbox_id, tmp_path, tick_s=0)
+    (tmp_path / "logs").write_bytes(b"one\n")
+    (tmp_path / "stdout").write_bytes(b"one\n")
+    live.tick()
+    mine = [output.live_key(sandbox_id, "logs", 0), output.live_key(sandbox_id, "stdout", 0)]
+    assert live.written(tried_before=False) == mine
+    assert live.written(tried_before=True) is None
+
+    listed = []
+    real_list = output._list
+    monkeypatch.setattr(output, "_list", lambda *a: listed.append(a) or real_list(*a))
+    forget(world.settings, sandbox_id, live.written(tried_before=False))
+    assert listed == []
+    assert [k for k in world.stored_keys() if "/live/" in k] == [stale]  # the first try's rule: its own keys
+    forget(world.settings, sandbox_id, live.written(tried_before=True))
+    assert len(listed) == 1 and [k for k in world.stored_keys() if "/live/" in k] == []
+
+    monkeypatch.setattr(live_module, "TRACKED_KEYS", 1)
+    busy = Live(world.settings, sandbox_id, tmp_path, tick_s=0)
+    busy.tick()
+    assert busy.chunks == 2 and busy.written(tried_before=False) is None
