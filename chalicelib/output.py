@@ -8,7 +8,9 @@ no longer than the preview) has no object; every other stream is one S3
 object, ``sandboxes/<id>/output/<stream>``, listed in the row's
 ``output_objects``.  So showing a sandbox never reads S3, and a download is the
 row's text or a presigned redirect to the object (S3 itself honours ``Range``
-there, and the API never holds the bytes).
+there, and the API never holds the bytes).  A program that wrote to one stream
+only has ``logs`` byte for byte equal to that stream: it is not stored twice,
+its entry says whose object it reads (``"logs=stdout"``, see ``object_key``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 def key(sandbox_id: str, stream: str) -> str:
     return f"sandboxes/{sandbox_id}/output/{stream}"
+
+
+def object_key(sb: Any, stream: str) -> str | None:
+    """The S3 object holding a recorded sandbox's ``stream``, or None when the row's text holds it."""
+    for entry in sb.output_objects or []:
+        name, _, same_as = str(entry).partition("=")
+        if name == stream:
+            return key(sb.sandbox_id, same_as if same_as in STREAMS else stream)
+    return None
 
 
 def live_prefix(sandbox_id: str, stream: str) -> str:
@@ -100,9 +111,10 @@ def read_stored(settings: Settings, sb: Any, stream: str, offset: int, limit: in
     size = stored_size(sb, stream)
     if offset >= size or limit <= 0:
         return b""
-    if stream in (sb.output_objects or []):
+    stored = object_key(sb, stream)
+    if stored:
         try:
-            return get_range(settings, key(sb.sandbox_id, stream), offset, min(size, offset + limit) - 1)
+            return get_range(settings, stored, offset, min(size, offset + limit) - 1)
         except Unavailable as e:
             if e.__cause__ is not None and aws.is_missing(e.__cause__):
                 raise Gone(f"the {stream} of sandbox {sb.sandbox_id!r} is no longer stored") from e
@@ -229,12 +241,12 @@ def _code(e: BaseException) -> str:
 
 def download(settings: Settings, sb: Any, stream: str, range_header: str | None) -> Download:
     """One stream of ``sb``, exactly as the program wrote it (see the module's docstring)."""
-    if stream in (sb.output_objects or []):
-        object_key = key(sb.sandbox_id, stream)
-        if not exists(settings, object_key):
+    stored = object_key(sb, stream)
+    if stored:
+        if not exists(settings, stored):
             raise Gone(f"the {stream} of sandbox {sb.sandbox_id!r} is no longer stored")
         return Download(
-            307, location=presigned(settings, object_key, f"{sb.sandbox_id}.{stream}", "application/octet-stream")
+            307, location=presigned(settings, stored, f"{sb.sandbox_id}.{stream}", "application/octet-stream")
         )
     if not recorded(sb):
         return _live_answer(settings, sb, stream, range_header)

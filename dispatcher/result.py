@@ -48,10 +48,24 @@ def attributes(sandbox_id: str, token: str, result: RunResult, upload: Upload) -
         attribute = getattr(Sandbox, stream)
         actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
         actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
-    _upload_all(sandbox_id, folder, objects, upload)
+    objects = _logs_as_one_stream(folder, objects)
+    _upload_all(sandbox_id, folder, [stream for stream in objects if "=" not in stream], upload)
     actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
     actions.append(Sandbox.inline_truncated.set(cut))
     return actions + artifact_store.store(sandbox_id, token, result, upload)
+
+
+def _logs_as_one_stream(folder: Path, objects: list[str]) -> list[str]:
+    """``objects`` with ``logs`` read from the one stream the program wrote, when it wrote to one only:
+    the interleaved log is then that stream byte for byte (``attach.Capture`` writes each kept byte to
+    both), so it is not uploaded twice (``chalicelib.output.object_key``)."""
+    if "logs" not in objects:
+        return objects
+    sizes = {stream: (folder / stream).stat().st_size if (folder / stream).exists() else 0 for stream in output.STREAMS}
+    for one, other in (("stdout", "stderr"), ("stderr", "stdout")):
+        if one in objects and sizes[other] == 0 and sizes[one] == sizes["logs"]:
+            return [f"logs={one}" if stream == "logs" else stream for stream in objects]
+    return objects
 
 
 def _upload_all(sandbox_id: str, folder: Path, streams: list[str], upload: Upload) -> None:

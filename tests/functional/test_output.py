@@ -221,3 +221,27 @@ def test_the_chunks_a_run_wrote_are_deleted_by_their_keys_and_an_earlier_tries_b
     busy = Live(world.settings, sandbox_id, tmp_path, tick_s=0)
     busy.tick()
     assert busy.chunks == 2 and busy.written(tried_before=False) is None
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_program_writing_one_stream_stores_it_once_and_its_logs_read_the_same_object(world, stream):
+    data = os.urandom(100 * 1024)
+    sandbox_id = run_one(world, writes(data) if stream == "stdout" else writes(b"", data))
+    row = Sandbox.get(sandbox_id)
+    assert row.output_objects == [stream, f"logs={stream}"]
+    assert sorted(k for k in world.stored_keys() if sandbox_id in k) == [output.key(sandbox_id, stream)]
+
+    answer = world.get(f"/api/sandboxes/{sandbox_id}/{stream}")
+    assert answer.status_code == 307 and output.key(sandbox_id, stream) in answer.headers["Location"]
+    tail = world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=1000").json_body  # the log, from the stream's object
+    assert tail["offset"] == 1000 and tail["next"] > 1000
+    assert tail["data"] == data[1000 : tail["next"]].decode("utf-8", "replace")
+
+    aws.delete_objects(world.settings, [output.key(sandbox_id, stream)])
+    assert world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=0").status_code == 410
+
+
+def test_a_program_writing_both_streams_keeps_its_interleaved_log_as_its_own_object(world):
+    sandbox_id = run_one(world, writes(os.urandom(70 * 1024), b"\xff"))
+    assert sorted(Sandbox.get(sandbox_id).output_objects) == ["logs", "stderr", "stdout"]
+    assert world.stored_object(output.key(sandbox_id, "logs"))[-1:] == b"\xff"

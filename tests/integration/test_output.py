@@ -140,3 +140,20 @@ def test_the_live_tail_answers_within_a_fraction_of_a_second(client: Client) -> 
     print(f"live tail delay over {len(delays)} lines: p50 {p50 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
     assert len(delays) == 20
     assert p50 <= 1.0  # 180 ms on an idle machine, 570 ms with a test suite beside it (2 shared cores)
+
+
+def test_a_program_writing_one_stream_has_its_log_read_from_that_streams_bytes(client: Client) -> None:
+    """Its interleaved log is that stream byte for byte, stored once (``result._logs_as_one_stream``): the log,
+    read page by page through the tail, is exactly what the program wrote."""
+    data = b"".join(b"line %06d of the only stream\n" % i for i in range(8000))  # 232,000 bytes, over a preview
+    sandbox = done(client, ["cat data.txt"], {"data.txt": data}, output_kb="1024")
+    assert (sandbox["stdout_bytes"], sandbox["stderr_bytes"], sandbox["inline_truncated"]) == (len(data), 0, True)
+    assert download(client, sandbox["id"], "stdout") == data
+
+    log, offset = [], 0
+    while offset < len(data):
+        page = client.get(f"/api/sandboxes/{sandbox['id']}/logs", params={"offset": offset}).json()
+        assert page["offset"] == offset and page["next"] > offset, page["next"]
+        log.append(page["data"])
+        offset = page["next"]
+    assert page["done"] and "".join(log).encode() == data
