@@ -366,7 +366,11 @@ def table(result: dict[str, Any]) -> str:
             f"(targets: 1.10x, 1.50x)",
         ]
     if result.get("throughput"):
-        lines += ["", "throughput (200 at once)  platform/s  raw/s  ratio  dispatcher peak RSS"]
+        runs = next(iter(result["throughput"].values()))["runs"]
+        lines += [
+            "",
+            f"{f'throughput ({runs} at once)':<26}platform/s  raw/s  ratio  dispatcher peak RSS",
+        ]
         for slots, t in result["throughput"].items():
             lines.append(
                 f"  {slots} slots{'':<17}{t['platform_runs_per_s']:8.2f} {t['raw_runs_per_s']:6.2f} "
