@@ -9,6 +9,7 @@ ms on the local stack, ~210 ms together); then the artifacts
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,15 +69,28 @@ def _logs_as_one_stream(folder: Path, objects: list[str]) -> list[str]:
     return objects
 
 
+# Output uploads in flight at once in this dispatcher, whatever its slots: a run's streams go together,
+# and four floods ending together put at most this many bodies in the endpoint's hands, not twelve (moto's
+# S3 holds each body whole while it stores it).
+UPLOADS_AT_ONCE = 3
+_uploads = threading.BoundedSemaphore(UPLOADS_AT_ONCE)
+
+
 def _upload_all(sandbox_id: str, folder: Path, streams: list[str], upload: Upload) -> None:
-    """Each of ``streams`` uploaded from its spool file, all at once (each streamed from disk, so memory stays
-    a few buffers); the first failure is raised once every upload has ended (``record`` tries them again)."""
+    """Each of ``streams`` uploaded from its spool file, at once (each streamed from disk, so memory stays a
+    few buffers; at most ``UPLOADS_AT_ONCE`` in the process); the first failure is raised once every upload
+    has ended (``record`` tries them again)."""
+
+    def one(stream: str) -> None:
+        with _uploads:
+            upload(output.key(sandbox_id, stream), folder / stream)
+
     if len(streams) <= 1:
         for stream in streams:
-            upload(output.key(sandbox_id, stream), folder / stream)
+            one(stream)
         return
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix=f"upload-{sandbox_id}") as pool:
-        futures = [pool.submit(upload, output.key(sandbox_id, stream), folder / stream) for stream in streams]
+        futures = [pool.submit(one, stream) for stream in streams]
     for future in futures:
         future.result()
 
