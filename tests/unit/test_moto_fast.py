@@ -177,3 +177,33 @@ def test_the_check_catches_an_answer_that_differs(dynamodb: Any, monkeypatch: py
 def test_it_is_on_in_the_local_stacks_moto() -> None:
     source = open(os.path.join(os.path.dirname(moto_fast.__file__), "moto_local.py")).read()
     assert "fast_item_answers()" in source.split('if __name__ == "__main__":', 1)[1]
+
+
+def test_the_spared_costs_change_no_answer(dynamodb: Any) -> None:
+    """One update expression parsed once for many items (each with its own values); two clauses of a kind
+    still refused, and at any depth; moto still routes every service by its folder names."""
+    from moto import backends
+
+    expression = "SET s = :s, n = n + :one REMOVE z ADD ns :more"
+    for key, value in (("a", "first"), ("b", "second")):
+        dynamodb.put_item(TableName="t", Item={**ITEM, "k": {"S": key}})
+        answer = dynamodb.update_item(
+            TableName="t",
+            Key={"k": {"S": key}, "r": {"N": "1"}},
+            UpdateExpression=expression,
+            ExpressionAttributeValues={":s": {"S": value}, ":one": {"N": "1"}, ":more": {"NS": ["7"]}},
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+        assert (answer["s"], float(answer["n"]["N"]), "z" in answer) == ({"S": value}, -11.5, False)
+        assert sorted(answer["ns"]["NS"]) == ["1", "2.5", "7"]
+
+    for twice in ("SET s = :s SET n = :n", "SET s = :s REMOVE z SET n = :n", "REMOVE z, t REMOVE l"):
+        values = {":s": {"S": "x"}, ":n": {"N": "1"}} if ":" in twice else {}
+        with pytest.raises(ClientError, match="section can only be used once"):
+            dynamodb.update_item(
+                TableName="t",
+                Key={"k": {"S": "a"}, "r": {"N": "1"}},
+                UpdateExpression=twice,
+                **({"ExpressionAttributeValues": values} if values else {}),
+            )
+    assert {"dynamodb", "s3", "sqs"} <= set(backends.list_of_moto_modules())
