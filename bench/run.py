@@ -186,6 +186,9 @@ def throughput(bench: Bench, runs: int, slot_counts: list[int]) -> dict[str, Any
     out: dict[str, Any] = {}
     for slots in slot_counts:
         bench.start_dispatcher(slots)
+        # Pooled connections left idle since the last phase may have passed chalice local's idle timeout
+        # (30 s): the server closed them, and a POST sent on one is reset.  Each phase starts with new ones.
+        bench.session.close()
         cpu_before = bench.cpu_seconds()
         calls_before = bench.aws_calls()
         started = time.perf_counter()
