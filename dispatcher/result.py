@@ -36,10 +36,11 @@ def attributes(sandbox_id: str, token: str, result: RunResult, upload: Upload) -
     folder = result.output_dir
     assert folder is not None  # spooled before it is recorded
     objects: list[str] = []
+    sizes: dict[str, int] = {}
     cut = False
     for stream in output.STREAMS:
         path = folder / stream
-        size = path.stat().st_size if path.exists() else 0
+        size = sizes[stream] = path.stat().st_size if path.exists() else 0
         head = _head(path, output.PREVIEW_BYTES + 1)
         text, whole = output.preview(head[: output.PREVIEW_BYTES])
         exact = size <= output.PREVIEW_BYTES and whole and _utf8(head)
@@ -49,20 +50,19 @@ def attributes(sandbox_id: str, token: str, result: RunResult, upload: Upload) -
         attribute = getattr(Sandbox, stream)
         actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
         actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
-    objects = _logs_as_one_stream(folder, objects)
+    objects = _logs_as_one_stream(sizes, objects)
     _upload_all(sandbox_id, folder, [stream for stream in objects if "=" not in stream], upload)
     actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
     actions.append(Sandbox.inline_truncated.set(cut))
     return actions + artifact_store.store(sandbox_id, token, result, upload)
 
 
-def _logs_as_one_stream(folder: Path, objects: list[str]) -> list[str]:
+def _logs_as_one_stream(sizes: dict[str, int], objects: list[str]) -> list[str]:
     """``objects`` with ``logs`` read from the one stream the program wrote, when it wrote to one only:
     the interleaved log is then that stream byte for byte (``attach.Capture`` writes each kept byte to
     both), so it is not uploaded twice (``chalicelib.output.object_key``)."""
     if "logs" not in objects:
         return objects
-    sizes = {stream: (folder / stream).stat().st_size if (folder / stream).exists() else 0 for stream in output.STREAMS}
     for one, other in (("stdout", "stderr"), ("stderr", "stdout")):
         if one in objects and sizes[other] == 0 and sizes[one] == sizes["logs"]:
             return [f"logs={one}" if stream == "logs" else stream for stream in objects]

@@ -233,7 +233,8 @@ class DrillStack(Stack):
         wanted = f"\0--server\0{server}\0".encode()
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
-                if wanted in cmdline.read_bytes() + b"\0" and b"dispatcher" in cmdline.read_bytes():
+                args = cmdline.read_bytes() + b"\0"
+                if wanted in args and b"dispatcher" in args:
                     os.kill(int(cmdline.parent.name), signal.SIGKILL)
             except (OSError, ValueError):
                 pass  # gone meanwhile

@@ -21,11 +21,7 @@ from infra.local import moto_atomic
 
 
 @pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def dynamodb(fake_aws_env: None) -> Iterator[Any]:
     moto_atomic.serialize_writes()
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")

@@ -37,11 +37,7 @@ ITEM: dict[str, Any] = {
 
 
 @pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def dynamodb(monkeypatch: pytest.MonkeyPatch, fake_aws_env: None) -> Iterator[Any]:
     moto_fast.fast_item_answers()
     monkeypatch.setattr(moto_fast, "check", True)
     calls: list[str] = []
