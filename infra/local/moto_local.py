@@ -8,7 +8,8 @@ CPU is shared with the Docker engine.  Warnings and errors are still logged.
 ``moto_server``'s arguments.  Its DynamoDB writes are made atomic as
 DynamoDB's are (``moto_atomic``), and it counts the calls it answers, per
 service and action (``moto_calls``: ``GET /_opendevelop/calls``).  Its
-DynamoDB item answers skip moto's model walk (``moto_fast``).
+DynamoDB item answers skip moto's model walk (``moto_fast``), and its S3
+keeps bodies on disk in bounded memory (``moto_bounded``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from moto.server import main
 
 from infra.local.moto_atomic import serialize_writes
+from infra.local.moto_bounded import bounded_s3_memory
 from infra.local.moto_calls import count_calls
 from infra.local.moto_fast import fast_item_answers
 
@@ -26,4 +28,5 @@ if __name__ == "__main__":
     serialize_writes()  # conditional writes atomic per item, as DynamoDB's are
     count_calls()
     fast_item_answers()  # DynamoDB's item answers written as the JSON they already are
+    bounded_s3_memory()  # S3 bodies on disk, large ones one at a time
     main()
