@@ -9,10 +9,12 @@ infrastructure fault.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +182,111 @@ def put_object(settings: Settings, key: str, body: bytes) -> None:
         s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
 
 
-def put_file(settings: Settings, key: str, path: Path) -> None:
-    """Upload a file as it is on disk, read as it goes (never whole in memory)."""
-    with translated("storing output"), open(path, "rb") as body:
-        s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
+# A file over this goes to S3 in parts of this size (S3's are 5 MiB at least, but the last): no request
+# carries more, whatever the file's size, and a run's output can be sent while it is written (``Parts``).
+PART_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Parts:
+    """A multipart upload of a file under way: its first ``len(etags)`` parts of ``PART_BYTES`` are sent."""
+
+    key: str
+    upload_id: str
+    etags: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def sent(self) -> int:
+        return len(self.etags) * PART_BYTES
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of an open file from ``start``: a part's body, read as it is sent."""
+
+    def __init__(self, f: io.BufferedReader, start: int, size: int) -> None:
+        super().__init__()
+        self.f, self.start, self.size, self.at = f, start, size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: self.size}[whence]
+        self.at = max(0, min(self.size, base + offset))
+        return self.at
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self.at)
+        if n <= 0:
+            return 0
+        self.f.seek(self.start + self.at)
+        got = self.f.readinto(memoryview(buffer)[:n]) or 0
+        self.at += got
+        return got
+
+
+def start_parts(settings: Settings, key: str) -> Parts:
+    with translated("storing output"):
+        answer = s3(settings).create_multipart_upload(Bucket=settings.bucket, Key=key)
+    return Parts(key, answer["UploadId"])
+
+
+def send_part(settings: Settings, parts: Parts, path: Path, size: int = PART_BYTES) -> None:
+    """The file's next part (``size`` bytes from ``parts.sent``: ``PART_BYTES`` but for the last)."""
+    with translated("storing output"), open(path, "rb") as f:
+        body = _Slice(f, parts.sent, size)
+        answer = s3(settings).upload_part(
+            Bucket=settings.bucket, Key=parts.key, UploadId=parts.upload_id, PartNumber=len(parts.etags) + 1, Body=body
+        )
+    parts.etags.append(answer["ETag"])
+
+
+def abort_parts(settings: Settings, parts: Parts) -> None:
+    with translated("abandoning an upload"):
+        s3(settings).abort_multipart_upload(Bucket=settings.bucket, Key=parts.key, UploadId=parts.upload_id)
+
+
+def put_file(settings: Settings, key: str, path: Path, parts: Parts | None = None) -> None:
+    """Upload a file as it is on disk, read as it goes (never whole in memory): in one request up to
+    ``PART_BYTES``, else in parts, going on from ``parts`` when some were sent while it was written.
+    An upload S3 no longer knows (aborted, expired) is begun again; a failure leaves ``parts`` as far as
+    it got, so a call again goes on from there."""
+    size = path.stat().st_size
+    if parts is None and size <= PART_BYTES:
+        with translated("storing output"), open(path, "rb") as body:
+            s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
+        return
+    if parts is None:
+        parts = start_parts(settings, key)
+    try:
+        _finish(settings, parts, path, size)
+    except Unavailable as e:
+        if getattr(e.__cause__, "response", {}).get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
+        put_file(settings, key, path, start_parts(settings, key))
+
+
+def _finish(settings: Settings, parts: Parts, path: Path, size: int) -> None:
+    while size - parts.sent > PART_BYTES:
+        send_part(settings, parts, path)
+    if size > parts.sent or not parts.etags:
+        send_part(settings, parts, path, size - parts.sent)  # the last: may be short
+    numbered = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(parts.etags, 1)]
+    with translated("storing output"):
+        s3(settings).complete_multipart_upload(
+            Bucket=settings.bucket, Key=parts.key, UploadId=parts.upload_id, MultipartUpload={"Parts": numbered}
+        )
+    parts.done = True
 
 
 def get_object(settings: Settings, key: str) -> bytes:

@@ -36,6 +36,7 @@ from dispatcher.inbox import Inbox
 from dispatcher.live import Live, forget
 from dispatcher.metrics import Metrics, outcome_of
 from dispatcher.outcome import Abort, EngineStopped, Failure, Settled, classify, settle
+from dispatcher.parts import Sender
 from dispatcher.result import attributes, sizes
 from dispatcher.retry import Retry, transient
 from dispatcher.settings import DispatcherSettings
@@ -224,6 +225,8 @@ class Pipeline:
         folder = self.spool.start(sandbox.sandbox_id, job.token)
         live = Live(self.settings, sandbox.sandbox_id, folder)
         live.start()
+        sender = Sender(self.settings, sandbox.sandbox_id, folder)
+        sender.start()
 
         def gate() -> str:  # read just before the program starts
             reason = self._gate(sandbox.sandbox_id, job)
@@ -234,6 +237,8 @@ class Pipeline:
             result = self.engine.run(replace(spec, output_dir=folder, gate=gate), payload)
         except BaseException as e:
             live.stop()
+            sender.stop()
+            sender.abandon()
             self.spool.discard(sandbox.sandbox_id, job.token)
             if live.chunks:  # a failed try's output: a re-run starts afresh
                 forget(self.settings, sandbox.sandbox_id, live.written(tried_before=(sandbox.attempts or 0) > 1))
@@ -244,6 +249,7 @@ class Pipeline:
                 raise Abort(job.aborted or str(e), started=False) from e
             raise
         live.stop()
+        sender.stop()  # before the spool folder is renamed: a part being sent is read from it
         try:
             if job.aborted and result.return_code in (137, 143) and not result.timed_out and not result.oom_killed:
                 # Killed by the fence (or a stop) mid-run: not a result.  A run that ended on its own,
@@ -262,11 +268,12 @@ class Pipeline:
             # Finished: the result is kept on this host before anything else, and never thrown away
             # for a re-run; it is recorded however long AWS takes to answer.
             self.spool.keep(sandbox.sandbox_id, job.token, result)
-            self.record(sandbox, job.token, result, forever=True)
+            self.record(sandbox, job.token, result, forever=True, sent=sender)
             self.spool.drop(sandbox.sandbox_id, job.token)
             if live.chunks:  # the recorded output replaces them
                 forget(self.settings, sandbox.sandbox_id, live.written(tried_before=(sandbox.attempts or 0) > 1))
         finally:
+            sender.abandon()  # what a recorded run did not need, or an unrecorded run's parts
             self.spool.discard(sandbox.sandbox_id, job.token)  # an unrecorded run's partial output, if any
             if result.container_id:
                 self.engine.release(result.container_id)
@@ -313,18 +320,21 @@ class Pipeline:
             missing = e.__cause__ is not None and aws.is_missing(e.__cause__)
             raise PlatformError(f"reading the sandbox's files: {e}", transient=not missing) from e
 
-    def record(self, sandbox: Sandbox, token: str, result: RunResult, forever: bool = False) -> bool:
+    def record(
+        self, sandbox: Sandbox, token: str, result: RunResult, forever: bool = False, sent: Sender | None = None
+    ) -> bool:
         """running (this run) -> terminated with the result; False when the run was settled elsewhere.
 
         ``forever``: the result is spooled, so a transient failure (S3 or DynamoDB) is retried until
-        it goes through or the dispatcher stops (the next one records it from the spool).
+        it goes through or the dispatcher stops (the next one records it from the spool).  ``sent``:
+        the parts of the output sent while the program ran (``parts``), which its uploads go on from.
         """
         sandbox_id = sandbox.sandbox_id
         if result.output_dir is None:
             self.spool.keep(sandbox_id, token, result)  # an engine that kept the output in memory
         while True:
             try:
-                actions = self._result(sandbox_id, token, result)
+                actions = self._result(sandbox_id, token, result, sent)
                 # The result is real: keep trying to write it through a DynamoDB outage.
                 won = self.retry(
                     "recording the result",
@@ -357,13 +367,14 @@ class Pipeline:
         )
         return True
 
-    def _result(self, sandbox_id: str, token: str, result: RunResult) -> list[Action]:
+    def _result(self, sandbox_id: str, token: str, result: RunResult, sent: Sender | None = None) -> list[Action]:
         """The row's result attributes; what the row does not hold is uploaded first (see ``result``)."""
-        return attributes(sandbox_id, token, result, functools.partial(self._upload, sandbox_id))
+        return attributes(sandbox_id, token, result, functools.partial(self._upload, sandbox_id, sent))
 
-    def _upload(self, sandbox_id: str, key: str, path: Path) -> None:
+    def _upload(self, sandbox_id: str, sent: Sender | None, key: str, path: Path) -> None:
+        begun = sent.for_key(key) if sent else None
         try:
-            self.retry("storing output", lambda: aws.put_file(self.settings, key, path), sandbox_id=sandbox_id)
+            self.retry("storing output", lambda: aws.put_file(self.settings, key, path, begun), sandbox_id=sandbox_id)
         except Unavailable as e:
             raise PlatformError(f"storing the output: {e}") from e  # transient: retried by ``record``
 

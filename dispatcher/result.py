@@ -1,7 +1,8 @@
 """A finished run's result as the row's attributes (written by ``lifecycle.record``, fenced by the run's token).
 
 Each stream's first 64 KiB as text and its size; a stream the row's text does
-not hold exactly is uploaded from the spool as it is (see ``chalicelib.output``),
+not hold exactly is uploaded from the spool as it is (see ``chalicelib.output``;
+a large one goes on from the parts sent while the program wrote it, ``parts``),
 the streams at once (a flood's 10 + 10 + 20 MiB went one after the other: ~300
 ms on the local stack, ~210 ms together); then the artifacts
 (``artifact_store``).  ``upload(key, path)`` is the caller's, with its retries.
@@ -9,7 +10,6 @@ ms on the local stack, ~210 ms together); then the artifacts
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import output
 from chalicelib.models import Sandbox
-from dispatcher import artifact_store
+from dispatcher import artifact_store, parts
 from dispatcher.artifact_store import Upload
 from dispatcher.engine import RunResult
 
@@ -69,20 +69,13 @@ def _logs_as_one_stream(sizes: dict[str, int], objects: list[str]) -> list[str]:
     return objects
 
 
-# Output uploads in flight at once in this dispatcher, whatever its slots: a run's streams go together,
-# and four floods ending together put at most this many bodies in the endpoint's hands, not twelve (moto's
-# S3 holds each body whole while it stores it).
-UPLOADS_AT_ONCE = 3
-_uploads = threading.BoundedSemaphore(UPLOADS_AT_ONCE)
-
-
 def _upload_all(sandbox_id: str, folder: Path, streams: list[str], upload: Upload) -> None:
     """Each of ``streams`` uploaded from its spool file, at once (each streamed from disk, so memory stays a
-    few buffers; at most ``UPLOADS_AT_ONCE`` in the process); the first failure is raised once every upload
+    few buffers; at most ``parts.UPLOADS_AT_ONCE`` in the process); the first failure is raised once every upload
     has ended (``record`` tries them again)."""
 
     def one(stream: str) -> None:
-        with _uploads:
+        with parts.uploads:
             upload(output.key(sandbox_id, stream), folder / stream)
 
     if len(streams) <= 1:

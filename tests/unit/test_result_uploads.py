@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from dispatcher import result
+from dispatcher import parts, result
 
 
 class Recorder:
@@ -44,7 +44,7 @@ def test_four_runs_ending_together_keep_at_most_three_uploads_in_flight(tmp_path
     for run in runs:
         run.join(10)
     assert len(upload.keys) == 12
-    assert upload.most == result.UPLOADS_AT_ONCE == 3
+    assert upload.most == parts.UPLOADS_AT_ONCE == 3
 
 
 def test_a_failed_upload_is_raised_after_the_others_ended(tmp_path: Path) -> None:
