@@ -270,6 +270,11 @@ def test_the_dispatchers_policy_never_reaches_users_apps_or_the_key(template: di
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
     assert "${TablePrefix}-server-*" in resources  # its servers' queues, by name prefix
     (hooks,) = [s for s in statements if s.get("Sid") == "Webhooks"]  # a settle queues a webhook, no more
+    # Output in parts (aborted when a run does not complete it), live chunks deleted and, for a sandbox
+    # tried before, listed under its own prefix only.
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket"} <= actions
+    (listed,) = [s for s in statements if "s3:ListBucket" in _actions([s])]
+    assert listed["Condition"] == {"StringLike": {"s3:prefix": "sandboxes/*"}}
     assert sorted(_actions([hooks])) == ["sqs:GetQueueUrl", "sqs:SendMessage"]
     for holder in ("DispatcherRole", "DispatcherUser"):
         assert template["Resources"][holder]["Properties"]["ManagedPolicyArns"] == [{"Ref": "DispatcherPolicy"}]
