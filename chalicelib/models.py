@@ -264,6 +264,9 @@ class Sandbox(_Base):
     stderr_bytes = NumberAttribute(null=True)
     logs_bytes = NumberAttribute(null=True)
     output_objects = JSONAttribute(null=True)  # a list of stream names
+    # The run whose objects those are: their keys hold its token, so an upload by a run that lost the
+    # sandbox (its result refused) never replaces the recorded run's.  None: keys without it (older rows).
+    output_token = UnicodeAttribute(null=True)
     inline_truncated = BooleanAttribute(default=False)  # some stream is longer than its inline text
     output_gone = BooleanAttribute(default=False)  # a download found a stored stream missing
     output_key = UnicodeAttribute(null=True)  # rows written before per-stream output: one JSON object

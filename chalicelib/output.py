@@ -5,12 +5,16 @@ two interleaved as they came) as the bytes the program wrote.  The row keeps
 at most ``PREVIEW_BYTES`` of each as text (UTF-8 with replacement) and each
 stream's full size.  A stream that the row's text holds exactly (valid UTF-8,
 no longer than the preview) has no object; every other stream is one S3
-object, ``sandboxes/<id>/output/<stream>``, listed in the row's
-``output_objects``.  So showing a sandbox never reads S3, and a download is the
-row's text or a presigned redirect to the object (S3 itself honours ``Range``
-there, and the API never holds the bytes).  A program that wrote to one stream
-only has ``logs`` byte for byte equal to that stream: it is not stored twice,
-its entry says whose object it reads (``"logs=stdout"``, see ``object_key``).
+object, ``sandboxes/<id>/output/<token>/<stream>`` (the token of the run
+that stored it, ``output_token``), listed in the row's ``output_objects``.
+So showing a sandbox never reads S3, and a download is the row's text or a
+presigned redirect to the object (S3 itself honours ``Range`` there, and the
+API never holds the bytes).  A program that wrote to one stream only has
+``logs`` byte for byte equal to that stream: it is not stored twice, its
+entry says whose object it reads (``"logs=stdout"``, see ``object_key``).
+Each run stores under its own token, so a run that lost the sandbox (its
+result refused) never replaces the recorded run's bytes; rows recorded
+before this have no ``output_token`` and their objects no token in the key.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ LIVE_ANSWER_BYTES = 1024 * 1024  # the most a download of a running sandbox answ
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def key(sandbox_id: str, stream: str) -> str:
-    return f"sandboxes/{sandbox_id}/output/{stream}"
+def key(sandbox_id: str, stream: str, token: str | None = None) -> str:
+    """Where the run ``token`` stores ``stream`` (each run its own keys: see ``Sandbox.output_token``)."""
+    return f"sandboxes/{sandbox_id}/output/{token}/{stream}" if token else f"sandboxes/{sandbox_id}/output/{stream}"
 
 
 def object_key(sb: Any, stream: str) -> str | None:
@@ -43,7 +48,7 @@ def object_key(sb: Any, stream: str) -> str | None:
     for entry in sb.output_objects or []:
         name, _, same_as = str(entry).partition("=")
         if name == stream:
-            return key(sb.sandbox_id, same_as if same_as in STREAMS else stream)
+            return key(sb.sandbox_id, same_as if same_as in STREAMS else stream, sb.output_token)
     return None
 
 

@@ -41,10 +41,11 @@ uploads = threading.BoundedSemaphore(UPLOADS_AT_ONCE)
 
 
 class Sender(threading.Thread):
-    def __init__(self, settings: Settings, sandbox_id: str, folder: Path, look_s: float = LOOK_S) -> None:
+    def __init__(self, settings: Settings, sandbox_id: str, token: str, folder: Path, look_s: float = LOOK_S) -> None:
         super().__init__(name=f"parts-{sandbox_id}", daemon=True)
         self.settings = settings
         self.sandbox_id = sandbox_id
+        self.token = token
         self.folder = folder
         self.look_s = look_s
         self.parts: dict[str, aws.Parts] = {}  # by stream
@@ -70,7 +71,9 @@ class Sender(threading.Thread):
                     break
                 with uploads:
                     if parts is None:
-                        parts = self.parts[stream] = aws.start_parts(self.settings, output.key(self.sandbox_id, stream))
+                        parts = self.parts[stream] = aws.start_parts(
+                            self.settings, output.key(self.sandbox_id, stream, self.token)
+                        )
                     aws.send_part(self.settings, parts, self.folder / stream)
 
     def stop(self) -> None:

@@ -225,7 +225,7 @@ class Pipeline:
         folder = self.spool.start(sandbox.sandbox_id, job.token)
         live = Live(self.settings, sandbox.sandbox_id, folder)
         live.start()
-        sender = Sender(self.settings, sandbox.sandbox_id, folder)
+        sender = Sender(self.settings, sandbox.sandbox_id, job.token, folder)
         sender.start()
 
         def gate() -> str:  # read just before the program starts

@@ -51,8 +51,9 @@ def attributes(sandbox_id: str, token: str, result: RunResult, upload: Upload) -
         actions.append(attribute.set(text) if text or stream == "logs" else attribute.remove())
         actions.append(getattr(Sandbox, f"{stream}_bytes").set(size))
     objects = _logs_as_one_stream(sizes, objects)
-    _upload_all(sandbox_id, folder, [stream for stream in objects if "=" not in stream], upload)
+    _upload_all(sandbox_id, token, folder, [stream for stream in objects if "=" not in stream], upload)
     actions.append(Sandbox.output_objects.set(objects) if objects else Sandbox.output_objects.remove())
+    actions.append(Sandbox.output_token.set(token) if objects else Sandbox.output_token.remove())
     actions.append(Sandbox.inline_truncated.set(cut))
     return actions + artifact_store.store(sandbox_id, token, result, upload)
 
@@ -69,14 +70,14 @@ def _logs_as_one_stream(sizes: dict[str, int], objects: list[str]) -> list[str]:
     return objects
 
 
-def _upload_all(sandbox_id: str, folder: Path, streams: list[str], upload: Upload) -> None:
+def _upload_all(sandbox_id: str, token: str, folder: Path, streams: list[str], upload: Upload) -> None:
     """Each of ``streams`` uploaded from its spool file, at once (each streamed from disk, so memory stays a
     few buffers; at most ``parts.UPLOADS_AT_ONCE`` in the process); the first failure is raised once every upload
     has ended (``record`` tries them again)."""
 
     def one(stream: str) -> None:
         with parts.uploads:
-            upload(output.key(sandbox_id, stream), folder / stream)
+            upload(output.key(sandbox_id, stream, token), folder / stream)
 
     if len(streams) <= 1:
         for stream in streams:

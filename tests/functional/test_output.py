@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from chalicelib import aws, output
+from chalicelib import aws, lifecycle, output
 from chalicelib.models import DockerServer, Sandbox
 from dispatcher import live as live_module
+from dispatcher import result
 from dispatcher.engine import RunResult, RunSpec
 from dispatcher.live import Live, forget
 from dispatcher.settings import DispatcherSettings
@@ -33,6 +34,13 @@ def writes(stdout: bytes, stderr: bytes = b"", truncated: bool = False) -> FakeE
         return RunResult(0, b"", b"", b"", False, False, truncated, 0.1, output_dir=spec.output_dir)
 
     return FakeEngine(run)
+
+
+def _run(sandbox_id: str) -> str:
+    """The token of the run whose output the row lists (its objects' keys hold it)."""
+    token = Sandbox.get(sandbox_id).output_token
+    assert token, "no output_token on a row listing stored output"
+    return str(token)
 
 
 def run_one(world: Any, engine: FakeEngine) -> str:
@@ -75,7 +83,7 @@ def test_binary_or_large_output_is_stored_as_its_bytes_and_the_json_stays_small(
     sandbox_id = run_one(world, writes(data, b"\xff" * 10))
     row = Sandbox.get(sandbox_id)
     assert sorted(row.output_objects) == ["logs", "stderr", "stdout"]
-    assert world.stored_object(output.key(sandbox_id, "stdout")) == data
+    assert world.stored_object(output.key(sandbox_id, "stdout", _run(sandbox_id))) == data
 
     def no_s3(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("showing a sandbox read S3")
@@ -90,12 +98,12 @@ def test_binary_or_large_output_is_stored_as_its_bytes_and_the_json_stays_small(
 
     answer = world.get(f"/api/sandboxes/{sandbox_id}/stdout")
     assert answer.status_code == 307
-    assert output.key(sandbox_id, "stdout") in answer.headers["Location"]
+    assert output.key(sandbox_id, "stdout", _run(sandbox_id)) in answer.headers["Location"]
 
 
 def test_stored_output_gone_is_flagged_never_a_503(world):
     sandbox_id = run_one(world, writes(b"\xfe" * 100))
-    aws.delete_objects(world.settings, [output.key(sandbox_id, s) for s in ("stdout", "logs")])
+    aws.delete_objects(world.settings, [output.key(sandbox_id, s, _run(sandbox_id)) for s in ("stdout", "logs")])
 
     assert world.get(f"/api/sandboxes/{sandbox_id}/stdout").status_code == 410
     body = world.get(f"/api/sandboxes/{sandbox_id}").json_body
@@ -229,19 +237,45 @@ def test_a_program_writing_one_stream_stores_it_once_and_its_logs_read_the_same_
     sandbox_id = run_one(world, writes(data) if stream == "stdout" else writes(b"", data))
     row = Sandbox.get(sandbox_id)
     assert row.output_objects == [stream, f"logs={stream}"]
-    assert sorted(k for k in world.stored_keys() if sandbox_id in k) == [output.key(sandbox_id, stream)]
+    assert sorted(k for k in world.stored_keys() if sandbox_id in k) == [
+        output.key(sandbox_id, stream, _run(sandbox_id))
+    ]
 
     answer = world.get(f"/api/sandboxes/{sandbox_id}/{stream}")
-    assert answer.status_code == 307 and output.key(sandbox_id, stream) in answer.headers["Location"]
+    assert answer.status_code == 307 and output.key(sandbox_id, stream, _run(sandbox_id)) in answer.headers["Location"]
     tail = world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=1000").json_body  # the log, from the stream's object
     assert tail["offset"] == 1000 and tail["next"] > 1000
     assert tail["data"] == data[1000 : tail["next"]].decode("utf-8", "replace")
 
-    aws.delete_objects(world.settings, [output.key(sandbox_id, stream)])
+    aws.delete_objects(world.settings, [output.key(sandbox_id, stream, _run(sandbox_id))])
     assert world.get(f"/api/sandboxes/{sandbox_id}/logs?offset=0").status_code == 410
 
 
 def test_a_program_writing_both_streams_keeps_its_interleaved_log_as_its_own_object(world):
     sandbox_id = run_one(world, writes(os.urandom(70 * 1024), b"\xff"))
     assert sorted(Sandbox.get(sandbox_id).output_objects) == ["logs", "stderr", "stdout"]
-    assert world.stored_object(output.key(sandbox_id, "logs"))[-1:] == b"\xff"
+    assert world.stored_object(output.key(sandbox_id, "logs", _run(sandbox_id)))[-1:] == b"\xff"
+
+
+def test_a_run_that_lost_the_sandbox_never_replaces_the_recorded_runs_output(world, tmp_path):
+    """One run, one result, for the bytes too: a run whose result is refused (another run of the sandbox
+    recorded first: it lost its token to a handover) may still have uploaded its output, even after the
+    winner's (it retries its record through a DynamoDB outage, uploading each time).  Each run stores under
+    its own token, so the downloads stay the recorded run's."""
+    data = os.urandom(100 * 1024)
+    sandbox_id = run_one(world, writes(data, b"\xfe" * 10))
+    recorded = _run(sandbox_id)
+    folder = tmp_path / "stale"
+    folder.mkdir()
+    for stream, content in (("stdout", b"stale" * 30000), ("stderr", b"\xff"), ("logs", b"stale" * 30000 + b"\xff")):
+        (folder / stream).write_bytes(content)
+    stale = RunResult(0, b"", b"", b"", False, False, False, 0.1, output_dir=folder)
+
+    actions = result.attributes(sandbox_id, "stale-token", stale, lambda k, p: aws.put_file(world.settings, k, p))
+    assert lifecycle.record(sandbox_id, "stale-token", actions) is False  # refused: not this run's sandbox
+
+    assert Sandbox.get(sandbox_id).output_token == recorded
+    stdout = world.get(f"/api/sandboxes/{sandbox_id}/stdout")
+    assert stdout.status_code == 307 and f"/output/{recorded}/stdout" in stdout.headers["Location"]
+    assert world.stored_object(output.key(sandbox_id, "stdout", recorded)) == data
+    assert world.get(f"/api/sandboxes/{sandbox_id}").json_body["stdout_bytes"] == len(data)

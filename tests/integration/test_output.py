@@ -178,11 +178,12 @@ def test_a_large_stream_is_sent_in_parts_while_the_program_still_runs(stack: Run
     client = stack.client
     program = "head -c 9437184 /dev/urandom > out.bin; cat out.bin; sleep 3; echo done >&2"
     sandbox_id = client.submit([program], files={}, output_kb="10240", timeout="30")
-    key = f"sandboxes/{sandbox_id}/output/stdout"
     seen_running = False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if key in _uploads_under_way(stack):
+        if any(
+            k.startswith(f"sandboxes/{sandbox_id}/output/") and k.endswith("/stdout") for k in _uploads_under_way(stack)
+        ):
             seen_running = client.sandbox(sandbox_id)["status"] == "running"
             break
         time.sleep(0.1)

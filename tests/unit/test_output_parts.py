@@ -66,16 +66,16 @@ def test_an_upload_goes_on_from_the_parts_sent_and_begins_again_when_s3_lost_it(
 
 
 def test_a_running_programs_output_is_sent_in_parts_as_it_grows(settings: Settings, tmp_path: Path) -> None:
-    sender = Sender(settings, "sb1", tmp_path)
+    sender = Sender(settings, "sb1", "tok", tmp_path)
     first = os.urandom(PART + 100)
     (tmp_path / "stdout").write_bytes(first)
     (tmp_path / "logs").write_bytes(first)
     sender.tick()
-    stdout_key = output.key("sb1", "stdout")
+    stdout_key = output.key("sb1", "stdout", "tok")
     begun = sender.for_key(stdout_key)
     assert begun is not None and len(begun.etags) == 1
     # One stream only so far: logs is its copy, stored as that stream, never sent.
-    assert sender.for_key(output.key("sb1", "logs")) is None
+    assert sender.for_key(output.key("sb1", "logs", "tok")) is None
     more = os.urandom(PART)
     with open(tmp_path / "stderr", "ab") as f:
         f.write(more)
@@ -83,8 +83,8 @@ def test_a_running_programs_output_is_sent_in_parts_as_it_grows(settings: Settin
         f.write(more)
     sender.tick()
     assert len(begun.etags) == 1  # stdout has no whole part more
-    assert sender.for_key(output.key("sb1", "stderr")) is not None
-    assert len(sender.for_key(output.key("sb1", "logs")).etags) == 2  # type: ignore[union-attr]
+    assert sender.for_key(output.key("sb1", "stderr", "tok")) is not None
+    assert len(sender.for_key(output.key("sb1", "logs", "tok")).etags) == 2  # type: ignore[union-attr]
     sender.stop()
 
     aws.put_file(settings, stdout_key, tmp_path / "stdout", begun)
@@ -97,7 +97,7 @@ def test_a_sender_that_cannot_reach_s3_stops_and_leaves_the_rest_to_the_runs_end
     unreachable = Settings(aws_endpoint_url="http://127.0.0.1:9", aws_access_key_id="x", aws_secret_access_key="x")
     context.reset_context(unreachable)
     (tmp_path / "stdout").write_bytes(os.urandom(PART))
-    sender = Sender(unreachable, "sb2", tmp_path, look_s=0.01)
+    sender = Sender(unreachable, "sb2", "tok", tmp_path, look_s=0.01)
     sender.start()
     sender.join(60)
     assert sender.failed and not sender.is_alive()

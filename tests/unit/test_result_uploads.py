@@ -28,15 +28,17 @@ class Recorder:
 
 def test_one_runs_streams_upload_together(tmp_path: Path) -> None:
     upload = Recorder()
-    result._upload_all("s1", tmp_path, ["stdout", "stderr", "logs"], upload)
+    result._upload_all("s1", "tok", tmp_path, ["stdout", "stderr", "logs"], upload)
     assert upload.most == 3
-    assert sorted(upload.keys) == [f"sandboxes/s1/output/{s}" for s in ("logs", "stderr", "stdout")]
+    assert sorted(upload.keys) == [f"sandboxes/s1/output/tok/{s}" for s in ("logs", "stderr", "stdout")]
 
 
 def test_four_runs_ending_together_keep_at_most_three_uploads_in_flight(tmp_path: Path) -> None:
     upload = Recorder()
     runs = [
-        threading.Thread(target=result._upload_all, args=(f"s{i}", tmp_path, ["stdout", "stderr", "logs"], upload))
+        threading.Thread(
+            target=result._upload_all, args=(f"s{i}", "tok", tmp_path, ["stdout", "stderr", "logs"], upload)
+        )
         for i in range(4)
     ]
     for run in runs:
@@ -57,9 +59,9 @@ def test_a_failed_upload_is_raised_after_the_others_ended(tmp_path: Path) -> Non
         done.append(key)
 
     try:
-        result._upload_all("s1", tmp_path, ["stdout", "stderr", "logs"], upload)
+        result._upload_all("s1", "tok", tmp_path, ["stdout", "stderr", "logs"], upload)
     except RuntimeError as e:
         assert str(e) == "S3 said no"
     else:
         raise AssertionError("the failure was not raised")
-    assert sorted(done) == ["sandboxes/s1/output/logs", "sandboxes/s1/output/stdout"]
+    assert sorted(done) == ["sandboxes/s1/output/tok/logs", "sandboxes/s1/output/tok/stdout"]
