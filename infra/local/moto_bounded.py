@@ -17,10 +17,14 @@ bound for every process of the stack is 64 MiB).
 * completing a multipart upload joins the parts' files into the object's file
   in ``COPY_BYTES`` pieces (moto built the whole object in memory twice);
 * requests carrying more than ``LARGE_BODY`` bytes are answered
-  ``LARGE_AT_ONCE`` at a time, and collected as soon as answered (each holds its body, a few times over, while
-  moto reads it), so the endpoint's memory is bounded by the largest part a
-  client sends, not by how many send at once.  The dispatcher sends output
-  over ``chalicelib.aws.PART_BYTES`` in parts of that size.
+  ``LARGE_AT_ONCE`` at a time, and their garbage collected as each is
+  answered (each holds its body, a few times over, while moto reads it, and
+  moto's request objects keep it in a reference cycle), so the endpoint's
+  memory is bounded by the largest part a client sends, not by how many send
+  at once.  The dispatcher sends output over ``chalicelib.aws.PART_BYTES`` in
+  parts of that size.  A request that waited ``LARGE_WAIT_S`` for its turn
+  goes without (a client stopped in the middle of its body, a dispatcher
+  under SIGSTOP, holds the turn): liveness over the bound.
 
 And one deviation from S3 mended: a part or a completion of an upload moto
 does not know (aborted, or completed already) is ``NoSuchUpload``, not a 500.
@@ -40,6 +44,7 @@ from typing import Any
 
 LARGE_BODY = 1 << 20
 LARGE_AT_ONCE = 1
+LARGE_WAIT_S = 10.0
 COPY_BYTES = 1 << 20
 KEY_BUFFER = 256 * 1024
 M_MMAP_THRESHOLD = -3  # mallopt's parameter
@@ -157,11 +162,13 @@ def bounded_s3_memory() -> None:
             length = 0
         if length <= LARGE_BODY:
             return call(self, environ, start_response)
-        with _large:
-            try:
-                return call(self, environ, start_response)
-            finally:
-                gc.collect(1)  # moto's request objects hold the body in a cycle: freed now, not at a later collection
+        turn = _large.acquire(timeout=LARGE_WAIT_S)  # a client stopped mid-body holds its turn: not forever
+        try:
+            return call(self, environ, start_response)
+        finally:
+            gc.collect(1)  # moto's request objects hold the body in a cycle: freed now, not at a later collection
+            if turn:
+                _large.release()
 
     one_large_at_a_time._counted = getattr(call, "_counted", False)  # type: ignore[attr-defined]
     DomainDispatcherApplication.__call__ = one_large_at_a_time

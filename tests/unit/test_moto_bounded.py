@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,3 +108,35 @@ def test_a_part_for_an_upload_aborted_is_no_such_upload_as_in_s3(s3: Any) -> Non
     s3.abort_multipart_upload(Bucket=BUCKET, Key="gone", UploadId=upload)
     with pytest.raises(s3.exceptions.NoSuchUpload):
         s3.upload_part(Bucket=BUCKET, Key="gone", UploadId=upload, PartNumber=1, Body=b"x")
+
+
+def test_a_large_body_waits_for_its_turn_but_not_forever(fake_aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client stopped in the middle of its body (a dispatcher under SIGSTOP) holds the turn: the others go
+    without it after ``LARGE_WAIT_S``, rather than wait for it to go on."""
+    from moto.server import ThreadedMotoServer
+
+    moto_bounded.bounded_s3_memory()
+    monkeypatch.setattr(moto_bounded, "LARGE_WAIT_S", 0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        body = os.urandom(2 * MIB)
+        assert moto_bounded._large.acquire(timeout=5)  # the stalled client's turn
+        try:
+            started = time.monotonic()
+            client.put_object(Bucket=BUCKET, Key="waited", Body=body)
+            waited = time.monotonic() - started
+        finally:
+            moto_bounded._large.release()
+        assert 0.5 <= waited < 5, waited
+        assert client.get_object(Bucket=BUCKET, Key="waited")["Body"].read() == body
+        started = time.monotonic()
+        client.put_object(Bucket=BUCKET, Key="turn", Body=body)  # its turn free again: no wait
+        assert time.monotonic() - started < 0.5
+    finally:
+        server.stop()
