@@ -13,7 +13,9 @@ bound for every process of the stack is 64 MiB).
 * an object over ``KEY_BUFFER`` (moto's default: 5 MiB) is kept in a file, so
   the live chunks of running floods (up to 1 MiB each, many at once) are not
   held in memory, and a value larger than the key's buffer goes to disk before
-  it is written (no copy in memory on the way);
+  it is written (no copy in memory on the way); each such object holds an
+  open (unlinked) file, so the soft limit on open files goes up to the hard
+  one (``make dev`` keeps every object until it stops);
 * completing a multipart upload joins the parts' files into the object's file
   in ``COPY_BYTES`` pieces (moto built the whole object in memory twice);
 * requests carrying more than ``LARGE_BODY`` bytes are answered
@@ -37,6 +39,7 @@ import ctypes.util
 import gc
 import hashlib
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -102,6 +105,17 @@ def _known_upload(method: Any) -> Any:
     return known
 
 
+def _files_enough() -> None:
+    """Each object moto keeps in a file holds that file open (an unlinked temporary file): the soft limit
+    on open files (1024 where systemd starts a shell) goes up to the hard one."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (OSError, ValueError):
+        pass  # as it was: objects in files are then bounded by it
+
+
 def bounded_s3_memory() -> None:
     """Idempotent: see the module's text."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
@@ -111,6 +125,7 @@ def bounded_s3_memory() -> None:
         return
     FakeKey._bounded = True
     _large_buffers_returned()
+    _files_enough()
     # moto reads this for each object it makes: one over it is kept in a file, not in memory.
     os.environ["MOTO_S3_DEFAULT_KEY_BUFFER_SIZE"] = str(KEY_BUFFER)
     setter = FakeKey.value.fset
