@@ -261,6 +261,8 @@ def put_file(settings: Settings, key: str, path: Path, parts: Parts | None = Non
     ``PART_BYTES``, else in parts, going on from ``parts`` when some were sent while it was written.
     An upload S3 no longer knows (aborted, expired) is begun again; a failure leaves ``parts`` as far as
     it got, so a call again goes on from there."""
+    if parts is not None and parts.done:
+        return  # completed by an earlier call (a record tried again): the object is this run's already
     size = path.stat().st_size
     if parts is None and size <= PART_BYTES:
         with translated("storing output"), open(path, "rb") as body:
