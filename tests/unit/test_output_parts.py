@@ -57,7 +57,8 @@ def test_an_upload_goes_on_from_the_parts_sent_and_begins_again_when_s3_lost_it(
     aws.put_file(settings, "k", tmp_path / "f", begun)
     assert begun.done and len(begun.etags) == 3
     assert _stored(settings, "k")["body"] == data
-    aws.put_file(settings, "k", tmp_path / "f", begun)  # a record tried again: done already, nothing sent
+    # A record tried again: done already, nothing read or sent (the spool file could be gone by then).
+    aws.put_file(settings, "k", tmp_path / "not-read", begun)
     assert _stored(settings, "k")["body"] == data
 
     lost = aws.start_parts(settings, "k2")
