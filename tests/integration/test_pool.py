@@ -23,10 +23,16 @@ def spares(docker_client: Any, server: str) -> list[Any]:
     return [c for c in listed if c.name.startswith("od-spare-")]
 
 
-def wait_for_spares(docker_client: Any, server: str, count: int = 1, timeout: float = 20) -> list[Any]:
+def wait_for_spares(
+    docker_client: Any, server: str, count: int = 1, timeout: float = 20, memory_mb: int | None = None
+) -> list[Any]:
+    """At least ``count`` spares of ``server`` (of runs of ``memory_mb``, when given: the session's stack
+    may hold spares left by earlier tests' runs of other shapes, which a run of this one never uses)."""
     deadline = time.monotonic() + timeout
     while True:
         found = spares(docker_client, server)
+        if memory_mb is not None:
+            found = [s for s in found if s.attrs["HostConfig"]["Memory"] == memory_mb << 20]
         if len(found) >= count:
             return found
         assert time.monotonic() < deadline, f"no spare after {timeout} s"
@@ -39,9 +45,7 @@ def test_a_spare_has_the_limits_of_the_runs_it_is_made_for(
     done = client.wait_done(client.submit(["true"], timeout="5", memory_mb="96", pids="40"))
     assert done["status"] == "terminated"
 
-    found = [s for s in wait_for_spares(docker_client, stack.server) if s.attrs["HostConfig"]["Memory"] == 96 << 20]
-    assert found, "no spare of the run's shape"
-    spare = found[0]
+    spare = wait_for_spares(docker_client, stack.server, memory_mb=96)[0]
     assert spare.status == "running"
     host = spare.attrs["HostConfig"]
     assert host["PidsLimit"] == 40
@@ -60,7 +64,7 @@ def test_a_run_in_a_spare_gets_its_own_command_environment_files_and_stdin(
 ) -> None:
     shape = {"timeout": "10", "memory_mb": "112"}
     client.wait_done(client.submit(["true"], **shape))
-    wait_for_spares(docker_client, stack.server)
+    wait_for_spares(docker_client, stack.server, memory_mb=112)
 
     script = "import os, sys\nprint(os.environ['GREETING'], sys.stdin.read().upper(), open('data/in.txt').read())\n"
     sandbox_id = client.submit(
