@@ -274,8 +274,8 @@ def test_a_run_that_lost_the_sandbox_never_replaces_the_recorded_runs_output(wor
     actions = result.attributes(sandbox_id, "stale-token", stale, lambda k, p: aws.put_file(world.settings, k, p))
     assert lifecycle.record(sandbox_id, "stale-token", actions) is False  # refused: not this run's sandbox
 
-    assert Sandbox.get(sandbox_id).output_token == recorded
+    row = Sandbox.get(sandbox_id)
+    assert row.output_token == recorded and row.stdout_bytes == len(data)
+    assert world.stored_object(output.object_key(row, "stdout")) == data  # what downloads read
     stdout = world.get(f"/api/sandboxes/{sandbox_id}/stdout")
     assert stdout.status_code == 307 and f"/output/{recorded}/stdout" in stdout.headers["Location"]
-    assert world.stored_object(output.key(sandbox_id, "stdout", recorded)) == data
-    assert world.get(f"/api/sandboxes/{sandbox_id}").json_body["stdout_bytes"] == len(data)

@@ -174,21 +174,25 @@ def _uploads_under_way(stack: RunningStack) -> list[str]:
 
 def test_a_large_stream_is_sent_in_parts_while_the_program_still_runs(stack: RunningStack) -> None:
     """Over a part (8 MiB, ``chalicelib.aws.PART_BYTES``), output goes to storage as it is written: the
-    multipart upload is under way in the bucket while the program sleeps, and the stream is exact after."""
+    multipart upload is under way in the bucket while the program still sleeps (well before the time
+    it prints as it ends: uploads at the run's end also happen while the row says ``running``), and the
+    stream is exact after."""
     client = stack.client
-    program = "head -c 9437184 /dev/urandom > out.bin; cat out.bin; sleep 3; echo done >&2"
+    program = (
+        "head -c 9437184 /dev/urandom > out.bin; cat out.bin; sleep 3; python3 -c 'import time; print(time.time())' >&2"
+    )
     sandbox_id = client.submit([program], files={}, output_kb="10240", timeout="30")
-    seen_running = False
+    seen_at = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if any(
-            k.startswith(f"sandboxes/{sandbox_id}/output/") and k.endswith("/stdout") for k in _uploads_under_way(stack)
-        ):
-            seen_running = client.sandbox(sandbox_id)["status"] == "running"
+        under_way = _uploads_under_way(stack)
+        if any(k.startswith(f"sandboxes/{sandbox_id}/output/") and k.endswith("/stdout") for k in under_way):
+            seen_at = time.time()
             break
         time.sleep(0.1)
-    assert seen_running, "no upload of stdout was under way while the program ran"
     sandbox = client.wait_done(sandbox_id, timeout=60)
     assert sandbox["stdout_bytes"] == 9437184 and sandbox["return_code"] == 0, sandbox
+    ended_at = float(sandbox["stderr"].split()[-1])  # one host, one clock
+    assert seen_at is not None and seen_at < ended_at - 1.5, (seen_at, ended_at)
     assert len(download(client, sandbox_id, "stdout")) == 9437184
     assert not [k for k in _uploads_under_way(stack) if sandbox_id in k]  # completed, none left behind
