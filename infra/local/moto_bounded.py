@@ -185,5 +185,6 @@ def bounded_s3_memory() -> None:
             if turn:
                 _large.release()
 
+    # moto_calls.count_calls() knows it wrapped the app by this mark: kept through this wrapper too.
     one_large_at_a_time._counted = getattr(call, "_counted", False)  # type: ignore[attr-defined]
     DomainDispatcherApplication.__call__ = one_large_at_a_time

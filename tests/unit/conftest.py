@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from infra.local.stack import ROOT, aws_command, free_port, wait_http
 
 
 @pytest.fixture
@@ -30,33 +26,13 @@ class Endpoint:
     pid: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def local_endpoint() -> Iterator[Endpoint]:
     """The stack's local AWS endpoint (``infra.local.moto_local``), a process of its own, on a free port."""
-    port = _free_port()
-    server = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "infra.local.moto_local", "-H", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    server = subprocess.Popen(aws_command(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        wait_http(f"http://127.0.0.1:{port}/_opendevelop/calls", 30, server)
         yield Endpoint(f"http://127.0.0.1:{port}", server.pid)
     finally:
         server.kill()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pytest
 from moto import mock_aws
 
 from infra.local import moto_bounded
+from infra.local.stack import free_port
 
 MIB = 1024 * 1024
 BUCKET = "bounded-bucket"
@@ -117,9 +117,7 @@ def test_a_large_body_waits_for_its_turn_but_not_forever(fake_aws_env: None, mon
 
     moto_bounded.bounded_s3_memory()
     monkeypatch.setattr(moto_bounded, "LARGE_WAIT_S", 0.5)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
